@@ -35,6 +35,9 @@ def test_shapes_and_determinism(gen, input_size, target_size):
 def test_float64(x64):
   t = tasks.adding_problem(4, 10, key=jax.random.key(0), dtype=jnp.float64)
   assert t.inputs.dtype == jnp.float64 and t.targets.dtype == jnp.float64
+  # Drawn in float32 and cast: the same data in every dtype.
+  t32 = tasks.adding_problem(4, 10, key=jax.random.key(0), dtype=jnp.float32)
+  np.testing.assert_array_equal(t.inputs, t32.inputs.astype(jnp.float64))
 
 
 @pytest.mark.parametrize("lag", [1, 25, 63])

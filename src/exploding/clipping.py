@@ -39,6 +39,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -112,19 +113,12 @@ def clip_gradient(
     >>> print(f"{r.pre_norm:.3f} {r.post_norm:.3f} {r.cosine:.3f}")
     5.000 1.000 1.000
   """
-  transform = clipper(method, threshold)
+  clipper(method, threshold)  # validates method and threshold
   if method == "adaptive" and params is None:
     raise ValueError("params is required for method='adaptive'")
   if not jax.tree.leaves(grads):
     raise ValueError("grads must contain at least one array")
-  grads = jax.tree.map(jnp.asarray, grads)
-  clipped, _ = transform.update(grads, transform.init(grads), params)
-  finite = _all_finite(grads)
-  pre_norm = _global_norm(grads)
-  post_norm = _global_norm(clipped)
-  cosine = _cosine(clipped, grads)
-  cosine = jnp.where(finite, cosine, jnp.nan)
-  return ClipResult(clipped, pre_norm, post_norm, cosine, finite)
+  return _clip_and_measure(grads, threshold, params, method)
 
 
 def clipper(
@@ -179,6 +173,18 @@ def clipper(
                           minimum=0)
     transform = optax.apply_if_finite(transform, max_consecutive_errors)
   return transform
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _clip_and_measure(grads, threshold, params, method):
+  transform = clipper(method, threshold)
+  clipped, _ = transform.update(grads, transform.init(grads), params)
+  finite = _all_finite(grads)
+  pre_norm = _global_norm(grads)
+  post_norm = _global_norm(clipped)
+  cosine = _cosine(clipped, grads)
+  cosine = jnp.where(finite, cosine, jnp.nan)
+  return ClipResult(clipped, pre_norm, post_norm, cosine, finite)
 
 
 def _optax_clip(method: str, threshold: Any) -> optax.GradientTransformation:

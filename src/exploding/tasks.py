@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -97,13 +98,19 @@ def adding_problem(
     ((32, 100, 2), (32, 1))
   """
   batch, length, lag, dtype = _check(batch, length, lag, dtype, min_length=2)
-  k_val, k_pos = jax.random.split(key)
-  values = jax.random.uniform(k_val, (batch, length), dtype)
-  t1, t2 = _two_positions(k_pos, batch, length, lag)
+  inputs, targets = _adding(key, lag, batch, length, dtype)
+  return Task(inputs, targets, 1.0 / 6.0)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _adding(key, lag, batch, length, dtype):
+  u = _uniform(key, batch, length + 2)
+  values = u[:, :length].astype(dtype)
+  t1, t2 = _two_positions(u[:, length], u[:, length + 1], length, lag)
   markers = _one_hot_at(t1, length, dtype) + _one_hot_at(t2, length, dtype)
   inputs = jnp.stack([values, markers], axis=-1)
   targets = jnp.sum(values * markers, axis=1, keepdims=True)
-  return Task(inputs, targets, 1.0 / 6.0)
+  return inputs, targets
 
 
 def recall_task(
@@ -139,7 +146,7 @@ def recall_task(
   """
   batch, length, lag, dtype = _check(batch, length, lag, dtype, min_length=1,
                                      min_lag=0)
-  values = jax.random.uniform(key, (batch, length, 1), dtype)
+  values = _uniform(key, batch, length)[..., None].astype(dtype)
   targets = values[:, length - 1 - lag, :]
   return Task(values, targets, 1.0 / 12.0)
 
@@ -182,25 +189,42 @@ def temporal_order(
     ((16, 50, 6), (16, 4))
   """
   batch, length, lag, dtype = _check(batch, length, lag, dtype, min_length=2)
-  k_sym, k_dis, k_pos = jax.random.split(key, 3)
-  relevant = jax.random.randint(k_sym, (batch, 2), 0, 2)
-  symbols = jax.random.randint(k_dis, (batch, length), 2, N_SYMBOLS)
-  t1, t2 = _two_positions(k_pos, batch, length, lag)
+  inputs, targets = _temporal_order(key, lag, batch, length, dtype)
+  return Task(inputs, targets, math.log(N_ORDER_CLASSES))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _temporal_order(key, lag, batch, length, dtype):
+  u = _uniform(key, batch, length + 4)
+  symbols = 2 + _floor_index(u[:, :length], N_SYMBOLS - 2)
+  relevant = _floor_index(u[:, length:length + 2], 2)
+  t1, t2 = _two_positions(u[:, length + 2], u[:, length + 3], length, lag)
   steps = jnp.arange(length)
   symbols = jnp.where(steps == t1[:, None], relevant[:, :1], symbols)
   symbols = jnp.where(steps == t2[:, None], relevant[:, 1:], symbols)
   inputs = jax.nn.one_hot(symbols, N_SYMBOLS, dtype=dtype)
   labels = 2 * relevant[:, 0] + relevant[:, 1]
   targets = jax.nn.one_hot(labels, N_ORDER_CLASSES, dtype=dtype)
-  return Task(inputs, targets, math.log(N_ORDER_CLASSES))
+  return inputs, targets
 
 
-def _two_positions(key: jax.Array, batch: int, length: int,
-                   lag: int) -> tuple[jax.Array, jax.Array]:
+def _uniform(key: jax.Array, batch: int, width: int) -> jax.Array:
+  """All of a task's randomness in one float32 draw (one threefry kernel to
+  compile, and the same data in every dtype)."""
+  return jax.random.uniform(key, (batch, width), jnp.float32)
+
+
+def _floor_index(u: jax.Array, n: Any) -> jax.Array:
+  """Uniform integers in [0, n) from u in [0, 1); the clamp catches u * n
+  rounding up to n in float32."""
+  return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+
+def _two_positions(u1: jax.Array, u2: jax.Array, length: int,
+                   lag: jax.Array) -> tuple[jax.Array, jax.Array]:
   """t1 uniform in [0, length-1-lag], t2 uniform in [t1+1, length-1]."""
-  k1, k2 = jax.random.split(key)
-  t1 = jax.random.randint(k1, (batch,), 0, length - lag)
-  t2 = jax.random.randint(k2, (batch,), t1 + 1, length)
+  t1 = _floor_index(u1, length - lag)
+  t2 = t1 + 1 + _floor_index(u2, length - 1 - t1)
   return t1, t2
 
 
