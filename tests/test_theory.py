@@ -1,0 +1,308 @@
+"""Tests for exploding.theory: closed forms, bad input, numerical cross-checks."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import exploding as ex
+from exploding import theory as th
+
+
+# Mean field ----------------------------------------------------------------
+
+
+def test_relu_and_linear_chi1_closed_forms():
+  sw = np.array([0.5, 1.0, 2.0, 3.0])
+  np.testing.assert_allclose(th.chi1("relu", sw, 0.1), sw / 2, rtol=0)
+  np.testing.assert_allclose(th.chi1("linear", sw, 0.0), sw, rtol=0)
+  assert th.critical_sigma_w2("relu", 0.3) == 2.0
+  assert th.critical_sigma_w2("linear", 0.0) == 1.0
+
+
+def test_relu_q_star_cases():
+  assert th.q_star("relu", 1.0, 0.5) == pytest.approx(1.0)  # 0.5 / (1 - 1/2)
+  assert th.q_star("relu", 1.0, 0.0) == 0.0
+  assert th.q_star("relu", 3.0, 0.1) == math.inf  # no finite fixed point
+  assert math.isnan(th.q_star("relu", 2.0, 0.0))  # every q is fixed
+  assert th.chi1("relu", 3.0, 0.1) == 1.5  # defined although q* is inf
+
+
+def test_tanh_q_star_and_chi1():
+  assert th.q_star("tanh", 0.5, 0.0) == 0.0
+  assert th.chi1("tanh", 0.5, 0.0) == pytest.approx(0.5, abs=1e-12)
+  q = th.q_star("tanh", 2.0, 0.1)
+  # q* is a fixed point of the variance map, checked by independent sampling.
+  z = np.random.default_rng(0).standard_normal(2_000_000)
+  v = 2.0 * np.mean(np.tanh(np.sqrt(q) * z)**2) + 0.1
+  assert v == pytest.approx(q, rel=2e-3)
+  chi = 2.0 * np.mean((1 - np.tanh(np.sqrt(q) * z)**2)**2)
+  assert th.chi1("tanh", 2.0, 0.1) == pytest.approx(chi, rel=2e-3)
+
+
+def test_quadrature_matches_erf_closed_form():
+  # A user Activation goes through autodiff + Gauss-Hermite; erf's
+  # closed forms (arcsin kernel) are independent of both.
+  my_erf = ex.Activation("my_erf", jax.scipy.special.erf, 2 / math.sqrt(math.pi))
+  sw, sb = np.array([0.5, 1.5, 3.0]), 0.2
+  np.testing.assert_allclose(th.q_star(my_erf, sw, sb),
+                             th.q_star("erf", sw, sb), rtol=1e-8)
+  np.testing.assert_allclose(th.chi1(my_erf, sw, sb), th.chi1("erf", sw, sb),
+                             rtol=1e-8)
+
+
+def test_critical_line():
+  assert th.critical_sigma_w2("tanh", 0.0) == pytest.approx(1.0, abs=1e-12)
+  assert th.critical_sigma_w2("erf", 0.0) == pytest.approx(math.pi / 4)
+  sb = np.array([0.01, 0.05, 0.1, 0.3])
+  crit = th.critical_sigma_w2("tanh", sb)
+  assert np.all(np.diff(crit) > 0)
+  # Schoenholz et al. 2017 use sigma_b2 = 0.05, critical sigma_w2 ~ 1.76.
+  assert crit[1] == pytest.approx(1.7610, abs=1e-3)
+  np.testing.assert_allclose(th.chi1("tanh", crit, sb), 1.0, atol=1e-9)
+
+
+def test_depth_scales():
+  # Ordered phase: xi_c = -1/log chi1; it diverges at criticality.
+  xi = th.depth_scale_c("tanh", 1.2, 0.05)
+  assert xi == pytest.approx(-1 / math.log(th.chi1("tanh", 1.2, 0.05)))
+  crit = th.critical_sigma_w2("tanh", 0.05)
+  assert th.depth_scale_c("tanh", crit * 0.999, 0.05) > 500
+  assert th.depth_scale_c("relu", 1.0, 0.1) == pytest.approx(1 / math.log(2))
+  assert th.depth_scale_q("relu", 1.0, 0.1) == pytest.approx(1 / math.log(2))
+  # Chaotic tanh, sigma_b = 0: c* = 0; with bias 0 < c* < 1.
+  assert th.c_star("tanh", 2.0, 0.0) == pytest.approx(0.0, abs=1e-9)
+  c = th.c_star("tanh", 2.0, 0.05)
+  assert 0.3 < c < 0.99
+  assert th.c_star("tanh", 0.8, 0.05) == 1.0
+  assert 0 < th.depth_scale_c("tanh", 2.0, 0.05) < 50
+
+
+# Recurrent, gated, residual -------------------------------------------------
+
+
+def test_rnn_lyapunov_and_pascanu():
+  g = np.array([0.3, 0.7, 0.99])
+  np.testing.assert_allclose(th.rnn_lyapunov_max("tanh", g), np.log(g),
+                             atol=1e-12)
+  assert th.rnn_lyapunov_max("relu", math.sqrt(2.0), 0.1) == pytest.approx(0)
+  assert th.rnn_lyapunov_max("tanh", 2.0) > 0
+  assert th.pascanu_vanishing_bound("sigmoid") == 4.0
+  assert th.pascanu_vanishing_bound("tanh") == 1.0
+
+
+def test_lstm():
+  s = 1 / (1 + math.exp(-1.0))
+  assert th.lstm_forget_gradient(1.0, 50) == pytest.approx(50 * math.log(s))
+  assert th.lstm_memory_time(1.0) == pytest.approx(-1 / math.log(s))
+  assert math.isfinite(th.lstm_forget_gradient(-800.0, 3))  # stable log
+  assert th.lstm_memory_time(5.0) == pytest.approx(math.exp(5.0), rel=1e-2)
+
+
+def test_residual():
+  assert th.residual_gradient_rate("relu", 0.5) == pytest.approx(1.25)
+  assert th.residual_gradient_rate("linear", 0.5, 1.0, q=3.0) == 1.5
+  # sigma_w2 = c / depth keeps the total below c gamma^2 = 1 at every
+  # depth; fixed sigma_w2 grows it ~linearly.
+  scaled = [th.residual_log_gradient("tanh", 1.0 / d, d) for d in (10, 300)]
+  fixed = [th.residual_log_gradient("tanh", 1.0, d) for d in (10, 300)]
+  assert 0.5 < scaled[0] < scaled[1] < 1.0
+  assert fixed[1] > 10 * fixed[0] > 0
+  # ReLU: q cancels, so the total is exactly depth * log(1 + sigma_w2 / 2).
+  assert th.residual_log_gradient("relu", 0.2, 50) == pytest.approx(
+      50 * math.log(1.1))
+
+
+# Batch norm -----------------------------------------------------------------
+
+
+def test_batchnorm_closed_forms():
+  assert th.batchnorm_gradient_rate("linear", 8) == pytest.approx(1.2)
+  assert th.batchnorm_gradient_rate("relu", 2) == 0.0
+  assert th.batchnorm_gradient_rate("relu", 3) == math.inf
+  big = th.batchnorm_gradient_rate("relu", 100_000)
+  assert big == pytest.approx(math.pi / (math.pi - 1), rel=1e-4)
+  rates = [th.batchnorm_gradient_rate("relu", b) for b in (4, 8, 32, 128)]
+  assert np.all(np.diff(rates) < 0) and rates[-1] > math.pi / (math.pi - 1)
+  # The ReLU closed form against the generic Monte-Carlo path.
+  my_relu = ex.Activation("my_relu", jax.nn.relu, 1.0)
+  assert th.batchnorm_gradient_rate(my_relu, 8) == pytest.approx(
+      th.batchnorm_gradient_rate("relu", 8), rel=5e-3)
+  assert th.batchnorm_log_gradient_rate("linear", 8) == pytest.approx(
+      math.log(1.2))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh"])
+def test_batchnorm_rate_matches_simulated_network(name):
+  # A BN MLP (batch 8, width 128, 32 layers, eps 1e-5): per-layer log growth
+  # of ||J v||^2 for the whole (batch, width) state, after 6 layers for the
+  # batch Gram matrix to settle, mean over 32 seeds. Seen: relu 0.572 +-
+  # 0.004 vs 0.581, tanh 0.300 +- 0.003 vs 0.307 (width 256: relu 0.582):
+  # a ~1.5% finite-width bias plus seed noise; 0.03 is ~2x their sum.
+  batch, width, depth, seeds = 8, 128, 32, 32
+  phi = ex.activation(name).fn
+
+  def layer(h, w):
+    z = h @ w.T
+    m = z.mean(0)
+    return phi((z - m) * jax.lax.rsqrt(((z - m)**2).mean(0) + 1e-5))
+
+  def run(ws, h, v):
+    def body(c, w):
+      h, v = jax.jvp(lambda x: layer(x, w), (c[0],), (c[1],))
+      s = jnp.sum(v * v)
+      return (h, v / jnp.sqrt(s)), jnp.log(s)
+
+    return jax.lax.scan(body, (h, v / jnp.linalg.norm(v)), ws)[1]
+
+  rng = np.random.default_rng(0)
+  ws = rng.standard_normal((seeds, depth, width, width), dtype=np.float32)
+  h = rng.standard_normal((seeds, batch, width), dtype=np.float32)
+  v = rng.standard_normal((seeds, batch, width), dtype=np.float32)
+  logs = jax.jit(jax.vmap(run))(ws / np.float32(math.sqrt(width)), h, v)
+  measured = float(jnp.mean(logs[:, 6:]))
+  predicted = th.batchnorm_log_gradient_rate(name, batch)
+  assert measured == pytest.approx(predicted, abs=0.03)
+
+
+# Spectra and fluctuations -----------------------------------------------------
+
+
+def test_jacobian_spectrum_closed_forms():
+  assert th.jacobian_spectrum_moments("linear", 5, "orthogonal") == (1.0, 0.0)
+  assert th.jacobian_spectrum_moments("linear", 5, "gaussian") == (1.0, 5.0)
+  mean, var = th.jacobian_spectrum_moments("relu", 6, "orthogonal")
+  assert (mean, var) == (1.0, pytest.approx(6.0))
+  assert th.jacobian_spectrum_moments("relu", 6)[1] == pytest.approx(12.0)
+  # Off criticality the mean is chi1^L.
+  mean, _ = th.jacobian_spectrum_moments("relu", 3, sigma_w2=1.0)
+  assert mean == pytest.approx(0.125)
+  # tanh approaches isometry as sigma_b2 -> 0 (q* -> 0).
+  var = [th.jacobian_spectrum_moments("tanh", 10, "orthogonal",
+                                      sigma_b2=sb2)[1] for sb2 in (1e-4, 0.05)]
+  assert var[0] < 0.2 < 2.0 < var[1]
+
+
+def _orthogonal(rng, n):
+  q, r = np.linalg.qr(rng.standard_normal((n, n)))
+  return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "gaussian"])
+def test_jacobian_spectrum_matches_materialised_jacobian(init):
+  # tanh at criticality with sigma_b2 = 0.05, width 128, depth 6, 12 seeds:
+  # variance of the squared singular values of J = prod D_l W_l. Seen at
+  # width 200, depth 8: orthogonal 2.79 +- 0.11 vs 2.74, gaussian 12.1 +- 0.8
+  # vs 10.7. Free probability is exact only as width -> inf; 25% covers
+  # ~3 s.e. of seed noise plus the O(depth/width) bias.
+  sb2, depth, width, seeds = 0.05, 6, 128, 12
+  sw2 = th.critical_sigma_w2("tanh", sb2)
+  q = th.q_star("tanh", sw2, sb2)
+  variances, means = [], []
+  for seed in range(seeds):
+    rng = np.random.default_rng(seed)
+    h = np.tanh(math.sqrt(q) * rng.standard_normal(width))
+    jac = np.eye(width)
+    for _ in range(depth):
+      if init == "orthogonal":
+        w = math.sqrt(sw2) * _orthogonal(rng, width)
+      else:
+        w = math.sqrt(sw2 / width) * rng.standard_normal((width, width))
+      z = w @ h + math.sqrt(sb2) * rng.standard_normal(width)
+      jac = ((1 - np.tanh(z)**2)[:, None] * w) @ jac
+      h = np.tanh(z)
+    ev = np.linalg.svd(jac, compute_uv=False)**2
+    means.append(ev.mean())
+    variances.append(ev.var())
+  mean, var = th.jacobian_spectrum_moments("tanh", depth, init, sigma_b2=sb2)
+  assert np.mean(means) == pytest.approx(mean, rel=0.1)
+  assert np.mean(variances) == pytest.approx(var, rel=0.25)
+
+
+def test_hanin_fluctuation_exact_at_small_width():
+  # ||J u||^2 for a He-initialised ReLU net, 8-8-8 hidden, input 8: the
+  # ratio E[X^2]/E[X]^2 is exactly (1 + 5/8)^3 = 4.29. 100k networks give a
+  # standard error ~0.08 (measured 4.35 +- 0.055 at 200k); tolerance 0.3.
+  widths, n0, samples = [8, 8, 8], 8, 100_000
+  rng = np.random.default_rng(0)
+  h = np.broadcast_to(rng.standard_normal(n0), (samples, n0))
+  u = rng.standard_normal(n0)
+  v = np.broadcast_to(u / np.linalg.norm(u), (samples, n0))
+  n_in = n0
+  for n in widths:
+    w = rng.standard_normal((samples, n, n_in)) * math.sqrt(2.0 / n_in)
+    z, dv = np.einsum("sij,sj->si", w, h), np.einsum("sij,sj->si", w, v)
+    h, v = np.where(z > 0, z, 0.0), np.where(z > 0, dv, 0.0)
+    n_in = n
+  x = (v**2).sum(1)
+  assert x.mean() == pytest.approx(1.0, abs=0.03)
+  predicted = th.hanin_gradient_fluctuation(widths)
+  assert predicted == pytest.approx(1.625**3)
+  assert (x**2).mean() / x.mean()**2 == pytest.approx(predicted, abs=0.3)
+
+
+# Float limits -----------------------------------------------------------------
+
+
+def test_dtype_limits():
+  f16 = th.dtype_limits("float16")
+  assert f16.max == 65504.0 and f16.tiny == 2.0**-14
+  assert f16.smallest_subnormal == 2.0**-24 and f16.eps == 2.0**-10
+  assert th.dtype_limits(jnp.float32).max == pytest.approx(3.4028235e38)
+  bf16 = th.dtype_limits(ml_dtypes.bfloat16)
+  assert bf16.tiny == th.dtype_limits("float32").tiny and bf16.eps == 2**-7
+  f64 = th.dtype_limits(np.float64)
+  assert f64.log_max == pytest.approx(math.log(f64.max))
+
+
+def test_overflow_and_underflow_steps():
+  assert th.overflow_step(2.0, "float16") == 16
+  assert th.overflow_step(-2.0, "float32") == 128
+  assert th.overflow_step(2.0, "bfloat16") == 128
+  assert th.overflow_step(2.0, "float64") == 1024
+  assert th.overflow_step(1.0, "float32") == -1
+  assert th.overflow_step(1.0 + 1e-9, "float32") == -1  # rounds to 1
+  assert th.underflow_step(0.5, "float32") == 127
+  assert th.underflow_step(0.5, "float32", subnormals=True) == 150
+  assert th.underflow_step(0.5, "float16", subnormals=True) == 25
+  assert th.underflow_step(0.9, "float32", subnormals=True) == -1  # stalls
+  assert th.underflow_step(2.0, "float16") == -1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("w", [1.1, 1.37, 3.0])
+def test_overflow_step_matches_repeated_multiplication(dtype, w):
+  dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+  t = th.overflow_step(w, dtype)
+  x = np.asarray(w).astype(dt)
+  xs = [x]
+  with np.errstate(over="ignore"):
+    for _ in range(t):
+      xs.append(xs[-1] * x)
+  assert np.isfinite(xs[t - 2]) and not np.isfinite(xs[t - 1])
+
+
+# Bad input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: th.chi1("tanh", -1.0, 0.0), "sigma_w2"),
+    (lambda: th.q_star("tanh", 1.0, -0.1), "sigma_b2"),
+    (lambda: th.critical_sigma_w2("tanh", np.nan), "sigma_b2"),
+    (lambda: th.rnn_lyapunov_max("tanh", 0.0), "weight_scale"),
+    (lambda: th.batchnorm_gradient_rate("relu", 1), "batch_size"),
+    (lambda: th.lstm_forget_gradient(1.0, 0), "length"),
+    (lambda: th.jacobian_spectrum_moments("tanh", 3, "uniform"), "init"),
+    (lambda: th.hanin_gradient_fluctuation([4, 0]), "widths"),
+    (lambda: th.overflow_step(2.0, "int32"), "dtype"),
+    (lambda: th.residual_log_gradient("relu", 1.0, 0), "depth"),
+    (lambda: th.chi1("swish", 1.0, 0.0), "activation"),
+])
+def test_bad_input_names_the_argument(call, name):
+  with pytest.raises(ValueError, match=name):
+    call()
