@@ -52,8 +52,10 @@ def batchnorm_gradient_rate(activation, batch_size: int, *,
 
   References:
     Yang, Pennington, Rao, Sohl-Dickstein, Schoenholz. A mean field theory
-    of batch normalization. ICLR 2019, Thm 3.10 (linear: (B-2)/(B-3)) and
-    Section 3.3 (ReLU: pi/(pi-1) for large B).
+    of batch normalization. ICLR 2019, Section 3 (gradient explosion; the
+    linear rate (B-2)/(B-3) and the ReLU large-B limit pi/(pi-1)). The
+    finite-B ReLU closed form is derived here (see ``_relu_moments``) and
+    checked against Monte-Carlo and a simulated width-128 network.
 
   Example:
     >>> batchnorm_gradient_rate("linear", 8)
@@ -90,7 +92,7 @@ def batchnorm_log_gradient_rate(activation, batch_size: int,
     The natural log of the squared-norm rate (``-inf`` for B = 2).
 
   References:
-    Yang et al. 2019, Thm 3.10.
+    Yang et al. 2019, Section 3.
   """
   rate = batchnorm_gradient_rate(activation, batch_size, **kwargs)
   return -math.inf if rate == 0 else math.log(rate)

@@ -22,7 +22,12 @@ def rnn_lyapunov_max(activation, weight_scale, bias_scale=0.0):
   its fixed-point variance q*, a tangent's squared norm grows by chi_1 per
   step, so ``lambda_max = 0.5 log chi_1(phi, g^2, bias_scale^2)`` (natural
   log, per step). For tanh without bias and ``g < 1`` (q* = 0) this is
-  ``log g``; ``lambda_max > 0`` is the chaotic (exploding) regime.
+  ``log g``; ``lambda_max > 0`` is the chaotic (exploding) regime. This is
+  the width -> inf limit: one fixed n x n W has spectral radius ~1 +
+  O(sqrt(log n / n)), so at n = 256 the ordered-phase exponent is ~0.1
+  above ``log g`` and the chaotic one is smaller near ``g = 1``; at
+  n = 1024, g = 2 and 3 a simulation gives 0.154 and 0.306 against 0.155
+  and 0.312.
 
   Args:
     activation: a name or an ``Activation``.
