@@ -1,0 +1,488 @@
+"""A small optax training loop for recurrent nets, with gradient monitoring.
+
+A vanilla RNN or an LSTM reads a task's sequence from a zero state; a linear
+readout of the last hidden state ``h_T`` predicts the target. The loss is the
+mean squared error (regression tasks) or the softmax cross-entropy in nats
+(temporal order), averaged over the batch, so it is directly comparable with
+the task's ``baseline_loss`` (the best constant prediction). The whole run,
+``steps`` optimiser steps for every seed, is one ``lax.scan`` under ``jit``
+(vmapped over seeds), so a run compiles once and never returns to Python.
+
+Every step records what the gradient did:
+
+  ``loss``: the batch loss before the update.
+  ``pre_norm``, ``post_norm``: the global L2 norm of the gradient before and
+    after clipping (``clipping.clip_gradient``; Pascanu et al. 2013,
+    Algorithm 1), and ``cosine`` between the clipped and the raw gradient.
+  ``lag_grad_norm``: ``||dL/dh_(T-lag)||`` for each lag in ``lags``: how much
+    the loss still depends on the state ``lag`` steps before the end, the
+    quantity that vanishes or explodes (Pascanu et al. 2013, Eq. 3-5). It is
+    exact and costs one extra backward output: a zero perturbation
+    ``e_t`` is added to each state, ``h_t <- h_t + e_t``, and ``dL/de_t =
+    dL/dh_t`` comes out of the same ``grad`` call as the parameter gradient.
+    The norm is taken over batch and hidden units together; for the LSTM the
+    state is ``(h, c)`` and both parts count.
+
+Non-finite runs stop cleanly. At the first step whose loss, raw gradient or
+updated parameters hold a NaN or inf, ``nan_step`` records the step; the
+parameters and optimiser state stay at their last finite values, and every
+record from the next step on is NaN. The step that failed keeps its own
+(possibly non-finite) record, so one sees how it failed.
+
+Truncated backpropagation through time (``truncation=k``) applies
+``lax.stop_gradient`` to the carried state every ``k`` steps, counted back
+from the end (after the states ``h_(T-k)``, ``h_(T-2k)``, ...), so the
+gradient of the final loss sees exactly the last ``k`` transitions:
+``dL/dh_(T-lag)`` is exactly zero for ``lag >= k``. Detaching less often
+(larger ``k``) reaches further back, and lets more explosion through.
+
+The recurrent gain ``weight_scale`` is a leaf of the cell parameters but is
+held fixed (its gradient is stopped): it is the experiment's knob, and the
+recurrent matrix ``W0`` it multiplies is trained.
+
+References:
+  Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural
+  networks", ICML 2013.
+  Williams & Peng, "An efficient gradient-based algorithm for on-line
+  training of recurrent network trajectories", Neural Computation 1990
+  (truncated BPTT).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from exploding import _validation, clipping, tasks
+from exploding.activations import ACTIVATIONS
+from exploding.models import lstm, rnn
+
+__all__ = ["TrainResult", "train", "MODELS", "TASKS", "OPTIMIZERS", "LOSSES"]
+
+MODELS = ("rnn", "lstm")
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("mse", "cross_entropy")
+TASKS = {
+    "adding": tasks.adding_problem,
+    "adding_problem": tasks.adding_problem,
+    "recall": tasks.recall_task,
+    "recall_task": tasks.recall_task,
+    "temporal_order": tasks.temporal_order,
+}
+
+
+class TrainResult(NamedTuple):
+  """What a training run did, step by step.
+
+  With ``seeds=None`` the records have shape ``(steps, ...)``; with
+  ``seeds=n`` every array (records, params leaves, ``nan_step``) gains a
+  leading axis of size ``n``.
+
+  Attributes:
+    loss: ``(steps,)`` float, batch loss before each update.
+    pre_norm: ``(steps,)`` float, global gradient norm before clipping.
+    post_norm: ``(steps,)`` float, global gradient norm after clipping.
+    cosine: ``(steps,)`` float, cosine between clipped and raw gradient.
+    lag_grad_norm: ``(steps, len(lags))`` float, ``||dL/dh_(T-lag)||``.
+    lags: tuple of ints, the lags of ``lag_grad_norm``'s last axis.
+    params: final parameters, ``{"cell": RNNParams | LSTMParams,
+      "readout": {"W": (out, hidden), "b": (out,)}}``; the last finite
+      values if the run went non-finite.
+    nan_step: ``()`` int32, the first step with a non-finite loss, gradient
+      or update, or -1 if none. Records after it are NaN.
+    config: dict, every setting of the run (JSON-friendly), plus
+      ``baseline_loss``.
+  """
+
+  loss: jax.Array
+  pre_norm: jax.Array
+  post_norm: jax.Array
+  cosine: jax.Array
+  lag_grad_norm: jax.Array
+  lags: tuple[int, ...]
+  params: Any
+  nan_step: jax.Array
+  config: dict
+
+
+def train(
+    task: str | Callable[[jax.Array], tasks.Task],
+    *,
+    model: str,
+    hidden: int,
+    steps: int,
+    key: Any,
+    batch: int = 32,
+    length: int = 20,
+    lag: int | None = None,
+    fixed_batch: bool = False,
+    loss: str | None = None,
+    weight_scale: float = 1.0,
+    bias_scale: float = 0.0,
+    activation: str | None = None,
+    init: str = "gaussian",
+    forget_bias: float | None = None,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-2,
+    clip: str = "none",
+    threshold: float | None = None,
+    truncation: int | None = None,
+    lags: tuple[int, ...] | None = None,
+    seeds: int | None = None,
+    dtype: Any = None,
+) -> TrainResult:
+  """Trains an RNN or LSTM with a linear readout on a task, monitoring grads.
+
+  Data: by default every step draws a fresh batch from its own key (split
+  from ``key``), so the loss estimates the generalisation error. With
+  ``fixed_batch=True`` one batch is drawn once and reused every step (a
+  memorisation check). Each seed has its own initialisation and data.
+
+  Args:
+    task: ``"adding"``, ``"recall"`` or ``"temporal_order"`` (also the
+      ``tasks`` function names), generated with ``batch``, ``length`` and
+      ``lag``; or a function ``key -> tasks.Task`` with inputs ``(batch, T,
+      in)`` and targets ``(batch, out)`` (then ``batch``, ``length``, ``lag``
+      are ignored).
+    model: ``"rnn"`` or ``"lstm"``.
+    hidden: int >= 1, state size.
+    steps: int >= 1, optimiser steps.
+    key: PRNG key (or int seed); split into initialisation and data keys.
+    batch: int >= 1, sequences per step (named tasks).
+    length: int >= 2, sequence length T (named tasks).
+    lag: the task's lag (see ``exploding.tasks``); ``None``: its default
+      (``length // 2``; for recall also ``length // 2``).
+    fixed_batch: reuse one batch for every step instead of a fresh one.
+    loss: ``"mse"`` or ``"cross_entropy"``; ``None``: cross-entropy for
+      temporal order, MSE otherwise.
+    weight_scale: recurrent gain g > 0 (held fixed during training).
+    bias_scale: sigma_b >= 0 of the cell's random biases.
+    activation: RNN nonlinearity (default ``"tanh"``); RNN only.
+    init: initialiser of the recurrent matrix (``"gaussian"``,
+      ``"orthogonal"``, ``"identity"``).
+    forget_bias: LSTM forget-gate bias (default 1.0); LSTM only.
+    optimizer: ``"adam"`` or ``"sgd"``.
+    learning_rate: float > 0.
+    clip: ``clipping.METHODS``: ``"none"``, ``"value"``, ``"norm"``,
+      ``"block_rms"`` or ``"adaptive"``.
+    threshold: the clip threshold > 0 (required unless ``clip="none"``).
+    truncation: int >= 1, truncated BPTT window; ``None``: full BPTT.
+    lags: ints in ``[0, T - 1]`` at which to record ``||dL/dh_(T-lag)||``;
+      ``None``: those of ``(1, 10, T // 2, T - 1)`` below T.
+    seeds: ``None`` for one run; an int >= 1 for that many independent runs
+      vmapped together (leading axis on every output).
+    dtype: float dtype of params and data; ``None``: the default float.
+
+  Returns:
+    ``TrainResult``; see its attributes for shapes.
+
+  Raises:
+    ValueError / TypeError: naming the argument, for an unknown model, task,
+      loss, optimizer, activation or clip method, a non-positive ``steps``,
+      ``hidden``, ``batch``, ``learning_rate`` or ``weight_scale``, a lag out
+      of range, or a setting that does not apply to ``model``.
+
+  References:
+    Pascanu et al. 2013 (gradient norms per lag; clipping, Algorithm 1).
+
+  Example:
+    >>> import exploding as ex
+    >>> r = ex.train.train("adding", model="lstm", hidden=16, steps=100,
+    ...                    length=10, key=0)
+    >>> r.loss.shape, r.lag_grad_norm.shape, int(r.nan_step)
+    ((100,), (100, 3), -1)
+  """
+  _validation.check_choice("model", model, MODELS)
+  hidden = _validation.check_int("hidden", hidden, 1)
+  steps = _validation.check_int("steps", steps, 1)
+  _validation.check_choice("optimizer", optimizer, OPTIMIZERS)
+  _validation.check_positive("learning_rate", learning_rate)
+  _validation.check_positive("weight_scale", weight_scale)
+  _validation.check_nonnegative("bias_scale", bias_scale)
+  if model == "rnn":
+    if forget_bias is not None:
+      raise ValueError("forget_bias applies to model='lstm' only")
+    activation = "tanh" if activation is None else activation
+    _validation.check_choice("activation", activation, ACTIVATIONS)
+    forget_bias = 0.0
+  else:
+    if activation is not None:
+      raise ValueError("activation applies to model='rnn' only")
+    forget_bias = 1.0 if forget_bias is None else forget_bias
+    _validation.check_finite("forget_bias", np.asarray(forget_bias, float))
+  clipping.clipper(clip, threshold)  # validates clip and threshold
+  if truncation is not None:
+    truncation = _validation.check_int("truncation", truncation, 1)
+  if seeds is not None:
+    seeds = _validation.check_int("seeds", seeds, 1)
+  if fixed_batch not in (True, False):
+    raise TypeError(f"fixed_batch must be a bool, got {fixed_batch!r}")
+  dtype = _validation.float_dtype(dtype)
+  key = _as_key(key)
+
+  make_task, task_name, example = _task_maker(task, batch, length, lag,
+                                              dtype, key)
+  if loss is None:
+    loss = "cross_entropy" if task_name == "temporal_order" else "mse"
+  _validation.check_choice("loss", loss, LOSSES)
+  _, length, input_size = example.inputs.shape
+  out_size = example.targets.shape[-1]
+  lags = _check_lags(lags, length)
+
+  static = _Static(model=model, hidden=hidden, steps=steps,
+                   activation=activation or "", init=init, loss=loss,
+                   optimizer=optimizer, clip=clip, truncation=truncation,
+                   lags=lags, seeds=seeds, fixed_batch=fixed_batch,
+                   input_size=input_size, out_size=out_size, length=length,
+                   dtype=dtype.name, make_task=make_task)
+  run = _compiled(static)
+  scalars = [jnp.asarray(x, dtype) for x in (
+      learning_rate, 1.0 if threshold is None else threshold, weight_scale,
+      bias_scale, forget_bias)]
+  out = run(key, *scalars)
+  config = dict(task=task_name, model=model, hidden=hidden, steps=steps,
+                batch=int(example.inputs.shape[0]), length=length, lag=lag,
+                fixed_batch=fixed_batch, loss=loss,
+                weight_scale=float(weight_scale),
+                bias_scale=float(bias_scale), activation=activation,
+                init=init, forget_bias=float(forget_bias) if model == "lstm"
+                else None, optimizer=optimizer,
+                learning_rate=float(learning_rate), clip=clip,
+                threshold=None if threshold is None else float(threshold),
+                truncation=truncation, lags=lags, seeds=seeds,
+                dtype=dtype.name, baseline_loss=float(example.baseline_loss))
+  return TrainResult(*out[:5], lags, out[5], out[6], config)
+
+
+class _Static(NamedTuple):
+  """Everything that shapes the compiled program (a cache key)."""
+
+  model: str
+  hidden: int
+  steps: int
+  activation: str
+  init: str
+  loss: str
+  optimizer: str
+  clip: str
+  truncation: int | None
+  lags: tuple[int, ...]
+  seeds: int | None
+  fixed_batch: bool
+  input_size: int
+  out_size: int
+  length: int
+  dtype: str
+  make_task: Callable[[jax.Array], tasks.Task]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(s: _Static) -> Callable[..., Any]:
+  """One jitted program per structure; numbers (learning rate, threshold,
+  scales) are traced arguments, so changing them does not recompile."""
+
+  def one_seed(key, learning_rate, threshold, weight_scale, bias_scale,
+               forget_bias):
+    init_key, data_key = jax.random.split(key)
+    params = _init_params(s, init_key, weight_scale, bias_scale, forget_bias)
+    base = (optax.adam if s.optimizer == "adam" else optax.sgd)(learning_rate)
+    opt_state = base.init(params)
+    fixed = s.make_task(data_key) if s.fixed_batch else None
+    step_keys = jax.random.split(data_key, s.steps)
+
+    def body(carry, step_key):
+      params, opt_state, done = carry
+      data = fixed if s.fixed_batch else s.make_task(step_key)
+      perturb = _zero_perturbations(s, data.inputs)
+      (value, grads), state_grads = _value_and_grads(
+          s, params, perturb, data.inputs, data.targets)
+      cut = clipping.clip_gradient(
+          grads, s.clip, None if s.clip == "none" else threshold,
+          params=params)
+      updates, new_opt_state = base.update(cut.grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      ok = (~done & jnp.isfinite(value) & cut.finite
+            & _all_finite(new_params))
+      params = _select(ok, new_params, params)
+      opt_state = _select(ok, new_opt_state, opt_state)
+      lag_norms = jnp.stack([_norm(jax.tree.map(lambda g: g[s.length - 1 - l],
+                                                state_grads))
+                             for l in s.lags]) if s.lags else jnp.zeros(
+                                 (0,), value.dtype)
+      record = (value, cut.pre_norm, cut.post_norm, cut.cosine, lag_norms)
+      # Records after the failing step are NaN; the failing step keeps its own.
+      record = jax.tree.map(
+          lambda r: jnp.where(done, jnp.full_like(r, jnp.nan), r), record)
+      failed = ~done & ~ok
+      return (params, opt_state, done | ~ok), (record, failed)
+
+    carry = (params, opt_state, jnp.zeros((), bool))
+    (params, _, _), (records, failed) = jax.lax.scan(body, carry, step_keys)
+    nan_step = jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
+    return (*records, params, nan_step.astype(jnp.int32))
+
+  if s.seeds is None:
+    return jax.jit(one_seed)
+
+  def many(key, *scalars):
+    keys = jax.random.split(key, s.seeds)
+    return jax.vmap(one_seed, in_axes=(0,) + (None,) * len(scalars))(
+        keys, *scalars)
+
+  return jax.jit(many)
+
+
+def _init_params(s, key, weight_scale, bias_scale, forget_bias):
+  cell_key, out_key = jax.random.split(key)
+  dtype = jnp.dtype(s.dtype)
+  if s.model == "rnn":
+    cell = rnn.init(cell_key, s.hidden, weight_scale=weight_scale,
+                    bias_scale=bias_scale, activation=s.activation,
+                    init=s.init, input_size=s.input_size, dtype=dtype)
+  else:
+    cell = lstm.init(cell_key, s.hidden, weight_scale=weight_scale,
+                     forget_bias=forget_bias, input_size=s.input_size,
+                     init=s.init, bias_scale=bias_scale, dtype=dtype)
+  W = jax.random.normal(out_key, (s.out_size, s.hidden), jnp.float32)
+  W = (W / math.sqrt(s.hidden)).astype(dtype)
+  return {"cell": cell, "readout": {"W": W, "b": jnp.zeros(s.out_size, dtype)}}
+
+
+def _zero_perturbations(s, inputs):
+  batch, length = inputs.shape[:2]
+  zeros = jnp.zeros((length, batch, s.hidden), inputs.dtype)
+  return zeros if s.model == "rnn" else (zeros, zeros)
+
+
+def _value_and_grads(s, params, perturb, inputs, targets):
+  """Loss, its parameter gradient and ``dL/dh_t`` (``(T, batch, ...)``)."""
+
+  def objective(params, perturb):
+    return _loss(s, params, perturb, inputs, targets)
+
+  value, (grads, state_grads) = jax.value_and_grad(objective, argnums=(0, 1))(
+      params, perturb)
+  return (value, grads), state_grads
+
+
+def _loss(s, params, perturb, inputs, targets):
+  cell = params["cell"]
+  # The gain is the experiment's setting, not a trained parameter.
+  cell = cell.replace(weight_scale=jax.lax.stop_gradient(cell.weight_scale))
+  batch, length = inputs.shape[:2]
+  zeros = jnp.zeros((batch, s.hidden), inputs.dtype)
+  state = zeros if s.model == "rnn" else (zeros, zeros)
+  transition = rnn.step if s.model == "rnn" else lstm.step
+  t = jnp.arange(length)
+  if s.truncation is None:
+    detach = jnp.zeros(length, bool)
+  else:
+    # Detach after h_(T-k), h_(T-2k), ...: the last k transitions only.
+    detach = ((length - 1 - t) % s.truncation == 0) & (t < length - 1)
+
+  def body(state, xs):
+    x, e, cut = xs
+    state = transition(cell, state, x)
+    state = jax.tree.map(jnp.add, state, e)
+    state = jax.tree.map(
+        lambda h: jnp.where(cut, jax.lax.stop_gradient(h), h), state)
+    return state, None
+
+  xs = (jnp.swapaxes(inputs, 0, 1), perturb, detach)
+  state, _ = jax.lax.scan(body, state, xs)
+  h = state if s.model == "rnn" else state[0]
+  out = h @ params["readout"]["W"].T + params["readout"]["b"]
+  if s.loss == "mse":
+    return jnp.mean(jnp.sum((out - targets) ** 2, axis=-1))
+  return jnp.mean(optax.softmax_cross_entropy(out, targets))
+
+
+def _task_maker(task, batch, length, lag, dtype, key):
+  """``key -> Task`` for a name or a callable, its name, and one example."""
+  if callable(task):
+    name = getattr(task, "__name__", "custom")
+    example = task(key)
+    if not isinstance(example, tasks.Task):
+      raise TypeError(f"task must return an exploding.tasks.Task, got "
+                      f"{type(example).__name__}")
+    if example.inputs.ndim != 3 or example.targets.ndim != 2:
+      raise ValueError(f"task must give inputs (batch, T, in) and targets "
+                       f"(batch, out), got shapes {example.inputs.shape}, "
+                       f"{example.targets.shape}")
+    return task, name, example
+  _validation.check_choice("task", task, TASKS)
+  fn = TASKS[task]
+  name = fn.__name__.replace("_problem", "").replace("_task", "")
+  batch = _validation.check_int("batch", batch, 1)
+  length = _validation.check_int("length", length, 2)
+  if lag is None and fn is tasks.recall_task:
+    lag = length // 2
+  make = functools.partial(fn, batch, length, lag=lag, dtype=dtype)
+  make = _KeyedTask(make)
+  return make, name, make(key)
+
+
+class _KeyedTask:
+  """``key -> Task``, hashable by its settings, so equal runs share a
+  compiled program."""
+
+  def __init__(self, partial):
+    self._partial = partial
+    self._id = (partial.func, partial.args,
+                tuple(sorted(partial.keywords.items())))
+
+  def __call__(self, key):
+    return self._partial(key=key)
+
+  def __hash__(self):
+    return hash(self._id)
+
+  def __eq__(self, other):
+    return isinstance(other, _KeyedTask) and self._id == other._id
+
+
+def _check_lags(lags, length):
+  if lags is None:
+    return tuple(sorted({l for l in (1, 10, length // 2, length - 1)
+                         if 0 <= l <= length - 1}))
+  lags = tuple(_validation.check_int("lags", l, 0) for l in lags)
+  for l in lags:
+    if l > length - 1:
+      raise ValueError(f"lags must be in [0, {length - 1}] (T - 1), got {l}")
+  return lags
+
+
+def _as_key(key):
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    return jax.random.key(int(key))
+  if not isinstance(key, jax.Array):
+    raise TypeError(f"key must be a PRNG key or an int, got {key!r}")
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  return key
+
+
+def _select(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
+def _norm(tree):
+  """Global L2 norm, scaled by max |x| first so float32 cannot overflow at
+  ~1.8e19; non-finite input gives inf or NaN, as it warrants."""
+  leaves = jax.tree.leaves(tree)
+  big = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+  safe = jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0).astype(big.dtype)
+  total = sum(jnp.sum((x / safe) ** 2) for x in leaves)
+  return jnp.where(jnp.isfinite(big), safe * jnp.sqrt(total),
+                   big * jnp.sqrt(total))
