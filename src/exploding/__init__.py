@@ -10,3 +10,5 @@ from exploding.jacobian import (Growth, LyapunovSpectrum, jvp_growth,
                                 vjp_growth, lyapunov_spectrum,
                                 jacobian_singular_values, is_homogeneous)
 from exploding import theory, clipping, tasks, cliff
+from exploding.maps import GradientMap
+from exploding.sweep import sweep

@@ -374,8 +374,7 @@ def _probe(key, n, cols, dtype):
 _static = ("f", "length", "probes", "homogeneous", "precision", "native")
 
 
-@functools.partial(jax.jit, static_argnames=_static)
-def _jvp_impl(f, vec0, xs, key, length, probes, homogeneous, precision,
+def _jvp_core(f, vec0, xs, key, length, probes, homogeneous, precision,
               native):
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
@@ -405,14 +404,16 @@ def _jvp_impl(f, vec0, xs, key, length, probes, homogeneous, precision,
     return out
 
 
+_jvp_impl = jax.jit(_jvp_core, static_argnames=_static)
+
+
 def _native_norm(v):
   """The plain norm in the native dtype, as an optimiser would compute it."""
   n = jnp.sqrt(jnp.sum(jnp.square(v)))
   return n, ~jnp.isfinite(n) | (n == 0)
 
 
-@functools.partial(jax.jit, static_argnames=_static[:2] + _static[3:])
-def _vjp_impl(f, vec0, xs, key, length, homogeneous, precision, native):
+def _vjp_core(f, vec0, xs, key, length, homogeneous, precision, native):
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
 
@@ -451,9 +452,10 @@ def _vjp_impl(f, vec0, xs, key, length, homogeneous, precision, native):
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("f", "length", "k",
-                                             "homogeneous", "precision"))
-def _lyapunov_impl(f, vec0, xs, key, length, k, homogeneous, precision):
+_vjp_impl = jax.jit(_vjp_core, static_argnames=_static[:2] + _static[3:])
+
+
+def _lyapunov_core(f, vec0, xs, key, length, k, homogeneous, precision):
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
     Q = jnp.linalg.qr(_probe(key, vec0.size, k, acc))[0]
@@ -477,9 +479,11 @@ def _lyapunov_impl(f, vec0, xs, key, length, k, homogeneous, precision):
     return LyapunovSpectrum(cum[-1] / length, cum, lh, step)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "length", "sweeps",
-                                             "homogeneous", "precision"))
-def _singular_impl(f, vec0, xs, length, sweeps, homogeneous, precision):
+_lyapunov_impl = jax.jit(_lyapunov_core, static_argnames=(
+    "f", "length", "k", "homogeneous", "precision"))
+
+
+def _singular_core(f, vec0, xs, length, sweeps, homogeneous, precision):
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
 
@@ -506,3 +510,7 @@ def _singular_impl(f, vec0, xs, length, sweeps, homogeneous, precision):
     logs = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(S, axis1=1, axis2=2))), 0)
     logs = jnp.sort(logs)[::-1]
     return jnp.where(overflow_index(lh) >= 0, jnp.nan, logs)
+
+
+_singular_impl = jax.jit(_singular_core, static_argnames=(
+    "f", "length", "sweeps", "homogeneous", "precision"))
