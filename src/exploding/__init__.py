@@ -12,3 +12,4 @@ from exploding.jacobian import (Growth, LyapunovSpectrum, jvp_growth,
 from exploding import theory, clipping, tasks, cliff
 from exploding.maps import GradientMap
 from exploding.sweep import sweep
+from exploding.remedies import RemedyComparison, compare_remedies
