@@ -237,15 +237,17 @@ def train(
 
   static = _Static(model=model, hidden=hidden, steps=steps,
                    activation=activation or "", init=init, loss=loss,
-                   optimizer=optimizer, clip=clip, truncation=truncation,
-                   lags=lags, seeds=seeds, fixed_batch=fixed_batch,
+                   optimizer=optimizer, clip=clip, lags=lags, seeds=seeds, fixed_batch=fixed_batch,
                    input_size=input_size, out_size=out_size, length=length,
                    dtype=dtype.name, make_task=make_task)
   run = _compiled(static)
   scalars = [jnp.asarray(x, dtype) for x in (
       learning_rate, 1.0 if threshold is None else threshold, weight_scale,
       bias_scale, forget_bias)]
-  out = run(key, *scalars)
+  # truncation = T detaches nothing: full BPTT, and the same program.
+  window = jnp.asarray(length if truncation is None else truncation,
+                       jnp.int32)
+  out = run(key, window, *scalars)
   config = dict(task=task_name, model=model, hidden=hidden, steps=steps,
                 batch=int(example.inputs.shape[0]), length=length, lag=lag,
                 fixed_batch=fixed_batch, loss=loss,
@@ -271,7 +273,6 @@ class _Static(NamedTuple):
   loss: str
   optimizer: str
   clip: str
-  truncation: int | None
   lags: tuple[int, ...]
   seeds: int | None
   fixed_batch: bool
@@ -284,11 +285,12 @@ class _Static(NamedTuple):
 
 @functools.lru_cache(maxsize=32)
 def _compiled(s: _Static) -> Callable[..., Any]:
-  """One jitted program per structure; numbers (learning rate, threshold,
-  scales) are traced arguments, so changing them does not recompile."""
+  """One jitted program per structure; numbers (truncation window, learning
+  rate, threshold, scales) are traced arguments, so changing them does not
+  recompile."""
 
-  def one_seed(key, learning_rate, threshold, weight_scale, bias_scale,
-               forget_bias):
+  def one_seed(key, window, learning_rate, threshold, weight_scale,
+               bias_scale, forget_bias):
     init_key, data_key = jax.random.split(key)
     params = _init_params(s, init_key, weight_scale, bias_scale, forget_bias)
     base = (optax.adam if s.optimizer == "adam" else optax.sgd)(learning_rate)
@@ -301,7 +303,7 @@ def _compiled(s: _Static) -> Callable[..., Any]:
       data = fixed if s.fixed_batch else s.make_task(step_key)
       perturb = _zero_perturbations(s, data.inputs)
       (value, grads), state_grads = _value_and_grads(
-          s, params, perturb, data.inputs, data.targets)
+          s, params, perturb, data.inputs, data.targets, window)
       cut = clipping.clip_gradient(
           grads, s.clip, None if s.clip == "none" else threshold,
           params=params)
@@ -360,18 +362,18 @@ def _zero_perturbations(s, inputs):
   return zeros if s.model == "rnn" else (zeros, zeros)
 
 
-def _value_and_grads(s, params, perturb, inputs, targets):
+def _value_and_grads(s, params, perturb, inputs, targets, window):
   """Loss, its parameter gradient and ``dL/dh_t`` (``(T, batch, ...)``)."""
 
   def objective(params, perturb):
-    return _loss(s, params, perturb, inputs, targets)
+    return _loss(s, params, perturb, inputs, targets, window)
 
   value, (grads, state_grads) = jax.value_and_grad(objective, argnums=(0, 1))(
       params, perturb)
   return (value, grads), state_grads
 
 
-def _loss(s, params, perturb, inputs, targets):
+def _loss(s, params, perturb, inputs, targets, window):
   cell = params["cell"]
   # The gain is the experiment's setting, not a trained parameter.
   cell = cell.replace(weight_scale=jax.lax.stop_gradient(cell.weight_scale))
@@ -380,11 +382,8 @@ def _loss(s, params, perturb, inputs, targets):
   state = zeros if s.model == "rnn" else (zeros, zeros)
   transition = rnn.step if s.model == "rnn" else lstm.step
   t = jnp.arange(length)
-  if s.truncation is None:
-    detach = jnp.zeros(length, bool)
-  else:
-    # Detach after h_(T-k), h_(T-2k), ...: the last k transitions only.
-    detach = ((length - 1 - t) % s.truncation == 0) & (t < length - 1)
+  # Detach after h_(T-k), h_(T-2k), ...: the last k transitions only.
+  detach = ((length - 1 - t) % window == 0) & (t < length - 1)
 
   def body(state, xs):
     x, e, cut = xs
