@@ -13,3 +13,4 @@ from exploding import theory, clipping, tasks, cliff
 from exploding.maps import GradientMap
 from exploding.sweep import sweep
 from exploding.remedies import RemedyComparison, compare_remedies
+from exploding import train
