@@ -14,3 +14,4 @@ from exploding.maps import GradientMap
 from exploding.sweep import sweep
 from exploding.remedies import RemedyComparison, compare_remedies
 from exploding import train
+from exploding import plotting

@@ -1,0 +1,61 @@
+"""The ``exploding`` command, run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import exploding as ex
+
+
+def _run(*args, cwd=None):
+  env = dict(os.environ, MPLBACKEND="Agg")
+  return subprocess.run([sys.executable, "-m", "exploding.cli", *args],
+                        capture_output=True, text=True, env=env, cwd=cwd,
+                        timeout=300)
+
+
+def test_sweep_writes_map_and_plot(tmp_path):
+  out, png = tmp_path / "map.npz", tmp_path / "map.png"
+  proc = _run("sweep", "rnn", "--activation", "tanh", "--scales",
+              "0.5:2.0:6", "--length", "40", "--seeds", "2", "--hidden", "16",
+              "--out", str(out), "--plot", str(png), "--no-progress")
+  assert proc.returncode == 0, proc.stderr
+  m = ex.GradientMap.load(out)
+  assert m.log_growth.shape == (6, 40, 2)
+  np.testing.assert_allclose(m.weight_scales, np.linspace(0.5, 2.0, 6))
+  assert m.config["activation"] == "tanh" and m.config["hidden"] == 16
+  # The CLI exposes one host device per core when XLA_FLAGS is unset.
+  if "XLA_FLAGS" not in os.environ:
+    assert m.config["device_count"] == (os.cpu_count() or 1)
+  assert png.stat().st_size > 10_000
+  assert "critical scale" in proc.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["sweep", "rnn", "--scales", "0.5:2"], "--scales"),
+    (["sweep", "rnn", "--length", "zero"], "--length"),
+    (["sweep", "gru"], "invalid choice"),
+    (["sweep", "rnn", "--activation", "swish", "--length", "4"], "activation"),
+    (["sweep", "rnn", "--scales=-1:2:4", "--length", "4"], "weight_scales"),
+    (["sweep", "rnn", "--length", "0"], "length"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, match):
+  proc = _run(*args)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and match in lines[0], proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_sweep_help_documents_every_flag():
+  proc = _run("sweep", "--help")
+  assert proc.returncode == 0
+  for flag in ["--scales", "--length", "--seeds", "--hidden", "--activation",
+               "--method", "--bias-scale", "--init", "--out", "--plot",
+               "--cache-dir", "--chunk-size", "--batchnorm", "--residual",
+               "--forget-bias", "--dtype", "--key"]:
+    assert flag in proc.stdout
