@@ -243,9 +243,9 @@ def test_deterministic(getkey):
   np.testing.assert_array_equal(a.log_growth, b.log_growth)
 
 
-@hypothesis.given(w=st.floats(0.3, 3.0), T=st.integers(1, 60),
+@hypothesis.given(w=st.floats(0.3, 3.0), T=st.sampled_from([1, 13, 60]),
                   seed=st.integers(0, 2**16))
-@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.settings(max_examples=15, deadline=None)
 def test_renormalised_equals_direct_when_finite(w, T, seed):
   with jax.enable_x64(True):
     H = 4

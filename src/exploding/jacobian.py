@@ -504,10 +504,26 @@ def _singular_core(f, vec0, xs, length, sweeps, homogeneous, precision):
       _, S = jax.lax.scan(body, eye, factors)
       return S
 
-    S = qr_sweep(Js)
-    for _ in range(sweeps - 1):
-      S = qr_sweep(jnp.swapaxes(S[::-1], 1, 2))
-    logs = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(S, axis1=1, axis2=2))), 0)
+    def logs_of(S):
+      return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(S, axis1=1, axis2=2))), 0)
+
+    def more(carry):
+      i, _, change = carry
+      return (i < sweeps) & (change > tol)
+
+    def sweep_once(carry):
+      i, S, _ = carry
+      S_new = qr_sweep(jnp.swapaxes(S[::-1], 1, 2))
+      change = jnp.max(jnp.abs(logs_of(S_new) - logs_of(S)))
+      return i + 1, S_new, jnp.nan_to_num(change, nan=0.0)
+
+    # Stop once the log singular values move less than ~100 ulps of their
+    # scale, or after ``sweeps``.
+    S0 = qr_sweep(Js)
+    tol = 100 * jnp.finfo(acc).eps * (1 + jnp.max(jnp.abs(logs_of(S0))))
+    _, S, _ = jax.lax.while_loop(more, sweep_once,
+                                 (1, S0, jnp.asarray(jnp.inf, acc)))
+    logs = logs_of(S)
     logs = jnp.sort(logs)[::-1]
     return jnp.where(overflow_index(lh) >= 0, jnp.nan, logs)
 
