@@ -107,3 +107,12 @@ def current_rss_mib() -> float:
       if line.startswith("VmRSS:"):
         return int(line.split()[1]) / 1024.0
   return float("nan")
+
+
+def hwm_rss_mib() -> float:
+  """VmHWM: peak RSS since start or since the last clear_refs reset."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024.0
+  return float("nan")
