@@ -85,12 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   out = os.path.abspath(args.out)
   cache_dir = None if args.no_cache else os.path.abspath(args.cache_dir)
   mode = "quick" if args.quick else "full"
+  formats = [f for item in args.format for f in item.split(",") if f] or [
+      "png", "pdf"]
   print(f"{len(figures)} figure(s), {mode} configs -> {out}", flush=True)
   failed = []
   for name, path in figures.items():
     try:
       status, seconds, plot_seconds = run_figure(
-          name, path, quick=args.quick, out_dir=out, cache_dir=cache_dir)
+          name, path, quick=args.quick, out_dir=out, cache_dir=cache_dir,
+          formats=formats)
     except Exception:  # one broken figure must not stop the rest
       traceback.print_exc()
       print(f"{name:<34s} FAILED", flush=True)
@@ -141,6 +144,7 @@ def run_figure(
     quick: bool = False,
     out_dir: str = DEFAULT_OUT,
     cache_dir: str | None = DEFAULT_CACHE,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> tuple[str, float, float]:
   """Computes (or loads) one figure's results, plots and saves it.
 
@@ -150,6 +154,7 @@ def run_figure(
     quick: use ``QUICK`` instead of ``FULL``.
     out_dir: where ``name.png`` and ``name.pdf`` go.
     cache_dir: the results cache; ``None`` always computes and stores nothing.
+    formats: the file types to write.
 
   Returns:
     ``(status, seconds, plot_seconds)``: ``status`` is ``"cached"`` or
@@ -176,7 +181,7 @@ def run_figure(
   plot_start = time.perf_counter()
   with plotting.paper_style():
     fig = module.plot(results)
-    plotting.save_figure(fig, os.path.join(out_dir, name))
+    plotting.save_figure(fig, os.path.join(out_dir, name), formats=formats)
   end = time.perf_counter()
   return status, end - start, end - plot_start
 
@@ -276,6 +281,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--out", default=DEFAULT_OUT,
                       help="output directory (default: figures/ at the repo "
                            "root)")
+  parser.add_argument("--format", action="append", default=[],
+                      metavar="EXT", help="file types to write (repeatable or "
+                      "comma-separated; default: png,pdf)")
   parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
                       help="results cache (default: .cache/figures/ at the "
                            "repo root)")

@@ -215,19 +215,22 @@ def save_figure(
   return paths
 
 
-def label_panels(axes, *, start: str = "a", loc: tuple[float, float] = (
-    -0.02, 1.02)) -> None:
-  """Writes bold panel letters (a), (b), ... at the top left of each axes.
+def label_panels(axes, *, start: str = "a") -> None:
+  """Prefixes each axes' title with a bold panel letter: a, b, ...
+
+  The letter joins the (left-aligned) title on one line, so the two never
+  collide; an axes without a title gets the letter alone.
 
   Args:
     axes: an iterable of ``Axes`` (any array shape; flattened row-major).
     start: the first letter.
-    loc: position in axes coordinates of each letter's bottom right.
   """
   flat = list(getattr(axes, "flat", axes))
   for i, ax in enumerate(flat):
-    ax.text(*loc, chr(ord(start) + i), transform=ax.transAxes,
-            fontweight="bold", fontsize=9, ha="right", va="bottom")
+    letter = chr(ord(start) + i)
+    title = ax.get_title(loc="left")
+    ax.set_title(f"$\\bf{{{letter}}}$  {title}" if title else
+                 f"$\\bf{{{letter}}}$", loc="left")
 
 
 # --------------------------------------------------------------------------
