@@ -179,3 +179,16 @@ def test_apply_rejects_bad_input(getkey):
     ex.mlp.apply(m, jnp.ones((2, 5)))
   with pytest.raises(ValueError, match="activation"):
     ex.activation("softplus")
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid"])
+def test_rnn_step_and_tangent_is_the_jvp(act, getkey):
+  p = ex.rnn.init(getkey(), 7, weight_scale=1.3, bias_scale=0.4,
+                  activation=act, input_size=3)
+  h, x = jax.random.normal(getkey(), (7,)), jax.random.normal(getkey(), (3,))
+  V = jax.random.normal(getkey(), (7, 2))
+  h1, JV = ex.rnn.step_and_tangent(p, h, x, V)
+  want = jax.vmap(lambda v: jax.jvp(lambda y: ex.rnn.step(p, y, x), (h,),
+                                    (v,))[1], 1, 1)(V)
+  np.testing.assert_allclose(h1, ex.rnn.step(p, h, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(JV, want, rtol=1e-5, atol=1e-6)

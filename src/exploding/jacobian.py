@@ -375,15 +375,23 @@ _static = ("f", "length", "probes", "homogeneous", "precision", "native")
 
 
 def _jvp_core(f, vec0, xs, key, length, probes, homogeneous, precision,
-              native):
+              native, step_and_tangent=None, unroll=1):
+  """``step_and_tangent(h, x, V) -> (f(h, x), J V)`` may replace the
+  generic ``linearize`` (a model can push state and tangents through one
+  GEMM); ``unroll`` is ``lax.scan``'s (results are bit-identical)."""
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
     V = _probe(key, vec0.size, probes, vec0.dtype)
 
+    def generic(h, x, V):
+      h, lin = jax.linearize(lambda y: f(y, x), h)
+      return h, jax.vmap(lin, 1, 1)(V)
+
+    advance = step_and_tangent or generic
+
     def body(carry, x):
       h, V, scale, total, comp = carry
-      h, lin = jax.linearize(lambda y: f(y, x), h)
-      Vn = jax.vmap(lin, 1, 1)(V)
+      h, Vn = advance(h, x, V)
       h, scale, lh = _renormalize_state(h, homogeneous, scale)
       V, lg = normalize(Vn, axis=0)
       total, comp = kahan_add(total, comp, lg)
@@ -391,7 +399,7 @@ def _jvp_core(f, vec0, xs, key, length, probes, homogeneous, precision,
 
     zeros = jnp.zeros(probes, acc)
     init = (vec0, V, _zero_scale(acc), zeros, zeros)
-    _, (lg, lh) = jax.lax.scan(body, init, xs, length=length)
+    _, (lg, lh) = jax.lax.scan(body, init, xs, length=length, unroll=unroll)
     step = overflow_index(lh)
     out = Growth(_mask_after(lg, step), lh, step)
     if native:
