@@ -1,4 +1,4 @@
-"""RNN gradient maps: where linear, tanh, ReLU and sigmoid RNNs vanish or explode.
+"""RNN gradient maps: where linear, tanh, ReLU, sigmoid RNNs vanish or explode.
 
 For ``h_t = phi(g W0 h_(t-1))`` (no bias, no input, ``W0`` entries
 ``N(0, 1/n)``) the growth ``log10 ||J_T ... J_1 v||`` of a random unit
@@ -60,7 +60,8 @@ def compute(config: dict) -> dict[str, np.ndarray]:
     ``log_growth``, ``log_state_norm``: (4, n_scales, T, seeds) natural log,
     activations in ``ACTIVATIONS`` order. ``overflow_step``: (4, n_scales,
     seeds). ``weight_scales``: (4, n_scales). ``steps``: (T,).
-    ``hidden``: () n. ``rate``: (4, n_scales) nats/step. ``critical_scale``: (4,) measured.
+    ``hidden``: () n. ``rate``: (4, n_scales) nats/step.
+    ``critical_scale``: (4,) measured.
     ``mean_field``: (4,) ``sqrt(critical_sigma_w2(phi, 0))``.
     ``gamma``: (4,) ``sup |phi'|``. ``sigma_max_w0``: (seeds,) largest
     singular value of each seed's ``W0``. ``pascanu``: (4,)
@@ -136,7 +137,8 @@ def plot(results: dict[str, np.ndarray]):
     n = results["log_growth"].shape[-1]
     fig.suptitle(
         f"{int(results['hidden'])}-unit RNNs: log$_{{10}}$ of the JVP growth "
-        f"$\\|J_T\\cdots J_1 v\\|$, mean of {n} seeds; black contour: growth = 1; Pascanu bound placed with the "
+        f"$\\|J_T\\cdots J_1 v\\|$, mean of {n} seeds; black contour: "
+        f"growth = 1; Pascanu bound placed with the "
         f"measured $\\sigma_{{max}}(W_0)$ = {smax:.2f}", fontsize=7)
   return fig
 

@@ -1,13 +1,14 @@
-"""LSTM vs RNN: gradient growth over the lag, and the forget gate's sigmoid(b_f)^T.
+"""LSTM vs RNN: gradient growth over the lag; the forget gate's sigmoid(b_f)^T.
 
 Growth ``log10 ||J_T ... J_1 v||`` of a random unit tangent after T steps
 (forward mode, ``ex.jvp_growth``: every lag from one scan; in distribution
 the same product backprop multiplies), seed mean, for (a) a tanh RNN at
 several weight scales, whose growth is geometric in T at rate about
 ``log g`` below the edge of chaos, and (b, c) an LSTM (recurrent weights at
-scale ``g = 0.01`` and ``g = 1``, no input) at forget bias 0, 1, 3, 5, against the cell-path
-prediction ``T log sigmoid(b_f)`` (``ex.theory.lstm_forget_gradient``, exact
-for zero recurrent weights), dashed. A larger forget bias turns the
+scale ``g = 0.01`` and ``g = 1``, no input) at forget bias 0, 1, 3, 5,
+against the cell-path prediction ``T log sigmoid(b_f)``
+(``ex.theory.lstm_forget_gradient``, exact for zero recurrent weights),
+dashed. A larger forget bias turns the
 exponential decay into a slow one: the measured rate per step is printed
 next to the predicted ``log10 sigmoid(b_f)``. At g = 0.01 the cell path
 dominates and the prediction holds; at g = 1 the recurrent path adds to it
@@ -51,9 +52,9 @@ def compute(config: dict) -> dict[str, np.ndarray]:
   Returns:
     ``steps``: (T,) lags 1..T. ``rnn_scales``: (n_g,). ``forget_biases``:
     (n_b,). ``rnn_log10``: (n_g, T), ``lstm_log10``: (n_s, n_b, T) per LSTM
-    scale, log10 growth, seed mean. ``lstm_theory_log10``: (n_b, T) ``T log10 sigmoid(b_f)``.
-    ``rnn_rate``, ``lstm_rate`` ((n_s, n_b)): measured log10 growth per step (slope over
-    the second half). ``rnn_theory_rate``: (n_g,) mean-field
+    scale, log10 growth, seed mean. ``lstm_theory_log10``: (n_b, T)
+    ``T log10 sigmoid(b_f)``. ``rnn_rate`` (n_g,), ``lstm_rate`` (n_s,
+    n_b): measured log10 growth per step (slope over the second half). ``rnn_theory_rate``: (n_g,) mean-field
     ``rnn_lyapunov_max / ln 10``. ``lstm_scales``: (n_s,). ``hidden``: ().
   """
   n, T, seeds = int(config["hidden"]), int(config["length"]), int(

@@ -1,4 +1,4 @@
-"""Order-to-chaos phase diagram of a wide tanh MLP: measured chi_1 vs mean field.
+"""Order-to-chaos phase diagram of a wide tanh MLP: measured chi_1, mean field.
 
 For a tanh MLP with weights ``N(0, sigma_w^2 / n)`` and biases
 ``N(0, sigma_b^2)`` the per-layer growth of a random tangent's log norm,
