@@ -222,3 +222,20 @@ def test_sweep_rejects_bad_input(kwargs, match):
 def test_sweep_rejects_unknown_model():
   with pytest.raises(ValueError, match="model"):
     ex.sweep("gru", **SMALL)
+
+
+def test_qr_sweeps_finish_on_several_host_devices():
+  # XLA CPU with 2 host devices hung on these (QR inside the sharded scan);
+  # the sweep runs them on one CPU device. A hang fails via the timeout.
+  code = """
+  import json, numpy as np, jax, exploding as ex
+  a = ex.sweep("rnn", weight_scales=np.linspace(0.3, 2.5, 23), length=256,
+               seeds=4, hidden=128, init="orthogonal", progress=False)
+  b = ex.sweep("rnn", weight_scales=np.linspace(0.3, 2.5, 8), length=64,
+               seeds=2, hidden=64, method="lyapunov", k=8, progress=False)
+  print(json.dumps(dict(devices=jax.device_count(),
+                        used=[a.config["device_count"], b.config["device_count"]],
+                        finite=bool(np.isfinite(b.exponents).all()))))
+  """
+  out = _multidevice.run(code, devices=2, timeout=240)
+  assert out["devices"] == 2 and out["used"] == [1, 1] and out["finite"]

@@ -97,12 +97,13 @@ def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
   spec = _Spec.make(model, weight_scales, length, seeds, hidden, activation,
                     bias_scale, init, method, key, dtype, state0, inputs, k,
                     precision, model_kwargs)
-  n_dev = jax.device_count()
+  devices = _devices(spec)
+  n_dev = len(devices)
   per_chunk = _scales_per_chunk(spec, chunk_size, n_dev)
   gs = spec.weight_scales
   n_chunks = math.ceil(len(gs) / per_chunk)
   padded = np.concatenate([gs, np.full(n_chunks * per_chunk - len(gs), gs[-1])])
-  run = _compiled(spec.static, n_dev)
+  run = _compiled(spec.static, tuple(devices))
   base_key = _key_data(spec.key)
   parts = []
   for c in tqdm.trange(n_chunks, desc=f"sweep {model}", unit="chunk",
@@ -111,7 +112,7 @@ def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
     path = _chunk_path(cache_dir, spec, chunk)
     part = _read_chunk(path)
     if part is None:
-      part = run(base_key, _device_put(chunk.astype(spec.dtype), n_dev),
+      part = run(base_key, _device_put(chunk.astype(spec.dtype), devices),
                  spec.state0, spec.xs)
       part = {k: _to_numpy(v) for k, v in part.items()}
       if path is not None:
@@ -252,10 +253,22 @@ def _scales_per_chunk(spec, chunk_size, n_dev):
   return math.ceil(per / n_dev) * n_dev
 
 
+def _devices(spec):
+  """Every device, except: XLA on CPU with several host devices hangs on
+  programs that call LAPACK's QR inside the sharded scan (measured here:
+  Lyapunov sweeps and orthogonal init at hidden >= 32, jax 0.10), so those
+  run on one CPU device."""
+  devices = jax.devices()
+  uses_qr = spec.method == "lyapunov" or spec.static[7] == "orthogonal"
+  if uses_qr and jax.default_backend() == "cpu":
+    return devices[:1]
+  return devices
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(static, n_dev):
+def _compiled(static, devices):
   """One jitted, sharded program per static configuration."""
-  mesh = Mesh(np.array(jax.devices()), ("grid",))
+  mesh = Mesh(np.array(devices), ("grid",))
   model, method, length, seeds = static[:4]
   point = functools.partial(_per_seed, static)
 
@@ -344,8 +357,8 @@ def _homogeneous(model, activation, bias_scale, input_kind, kw):
 # ------------------------------------------------------------ host side
 
 
-def _device_put(chunk, n_dev):
-  mesh = Mesh(np.array(jax.devices()), ("grid",))
+def _device_put(chunk, devices):
+  mesh = Mesh(np.array(devices), ("grid",))
   sharding = NamedSharding(mesh, P("grid"))
   return jax.make_array_from_callback(chunk.shape, sharding,
                                       lambda idx: chunk[idx])
@@ -411,7 +424,7 @@ def _to_map(spec, out):
   from exploding import __version__
   config.update(version=__version__, jax_version=jax.__version__,
                 backend=jax.default_backend(),
-                device_count=jax.device_count())
+                device_count=len(_devices(spec)))
   # The program's layout is (seeds, scales, ...); maps put seeds last.
   return GradientMap(
       log_growth=np.transpose(out["log_growth"], (1, 2, 0)),
