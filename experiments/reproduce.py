@@ -52,6 +52,8 @@ EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(EXPERIMENTS_DIR)
 DEFAULT_OUT = os.path.join(REPO_ROOT, "figures")
 DEFAULT_CACHE = os.path.join(REPO_ROOT, ".cache", "figures")
+# Quick figures go aside: figures/ holds the FULL versions (the paper's).
+DEFAULT_QUICK_OUT = os.path.join(REPO_ROOT, ".cache", "figures-quick")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,16 +280,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="list the figures and exit")
   parser.add_argument("--no-cache", action="store_true",
                       help="always compute; neither read nor write the cache")
-  parser.add_argument("--out", default=DEFAULT_OUT,
+  parser.add_argument("--out", default=None,
                       help="output directory (default: figures/ at the repo "
-                           "root)")
+                           "root; with --quick, .cache/figures-quick/)")
   parser.add_argument("--format", action="append", default=[],
                       metavar="EXT", help="file types to write (repeatable or "
                       "comma-separated; default: png,pdf)")
   parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
                       help="results cache (default: .cache/figures/ at the "
                            "repo root)")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.out is None:
+    args.out = DEFAULT_QUICK_OUT if args.quick else DEFAULT_OUT
+  return args
 
 
 def run_script(path: str, argv: Sequence[str] | None = None) -> int:

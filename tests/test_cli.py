@@ -70,3 +70,12 @@ def test_sweep_help_documents_every_flag():
                "--cache-dir", "--chunk-size", "--batchnorm", "--residual",
                "--forget-bias", "--dtype", "--key"]:
     assert flag in proc.stdout
+
+
+def test_list_and_reproduce_reach_the_figure_runner(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert cli.main(["list"]) == 0
+  listed = capsys.readouterr().out.splitlines()
+  assert len(listed) >= 13 and listed[0].startswith("fig01")
+  assert cli.main(["reproduce", "--only", "nosuchfigure"]) == 2

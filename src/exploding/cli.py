@@ -80,9 +80,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--plot", default=None, help="draw the map (.png/.pdf)")
   s.add_argument("--no-progress", action="store_true",
                  help="hide the progress bar")
-  r = sub.add_parser("reproduce", help="regenerate the paper's figures",
-                     add_help=False)
-  r.add_argument("args", nargs=argparse.REMAINDER)
+  sub.add_parser("reproduce", help="regenerate the paper's figures "
+                 "(exploding reproduce --help for its flags)")
   sub.add_parser("list", help="list the figures")
   return parser
 
@@ -92,17 +91,17 @@ def main(argv=None) -> int:
   os.environ.setdefault(
       "XLA_FLAGS",
       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
-  args = _parser().parse_args(argv)
-  if args.command == "sweep":
-    return _sweep(args)
-  runner = _reproduce_module()
-  if runner is None:
-    print("exploding: error: experiments/reproduce.py not found; run from "
-          "the repository root", file=sys.stderr)
-    return 2
-  if args.command == "list":
-    return runner.main(["--list"])
-  return runner.main(args.args)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in ("reproduce", "list"):
+    # The figure runner parses its own flags (--quick, --only, --no-cache).
+    runner = _reproduce_module()
+    if runner is None:
+      print("exploding: error: experiments/reproduce.py not found; run from "
+            "the repository root", file=sys.stderr)
+      return 2
+    rest = argv[1:] if argv[0] == "reproduce" else ["--list", *argv[1:]]
+    return runner.main(rest)
+  return _sweep(_parser().parse_args(argv))
 
 
 def _sweep(args) -> int:
