@@ -206,7 +206,9 @@ def save_figure(
       path = f"{stem}.{fmt}"
       tmp = f"{stem}.tmp-{os.getpid()}.{fmt}"
       try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
+        # No creation date in PDFs: regenerated figures are byte-identical.
+        meta = {"CreationDate": None} if fmt == "pdf" else {}
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
         os.replace(tmp, path)
       finally:
         if os.path.exists(tmp):
