@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   out = os.path.abspath(args.out)
   cache_dir = None if args.no_cache else os.path.abspath(args.cache_dir)
   mode = "quick" if args.quick else "full"
-  formats = [f for item in args.format for f in item.split(",") if f] or [
-      "png", "pdf"]
+  # Quick runs are smoke tests: PNG only unless asked (PDF is the paper's).
+  formats = [f for item in args.format for f in item.split(",") if f] or (
+      ["png"] if args.quick else ["png", "pdf"])
   print(f"{len(figures)} figure(s), {mode} configs -> {out}", flush=True)
   failed = []
   for name, path in figures.items():
@@ -285,7 +286,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            "root; with --quick, .cache/figures-quick/)")
   parser.add_argument("--format", action="append", default=[],
                       metavar="EXT", help="file types to write (repeatable or "
-                      "comma-separated; default: png,pdf)")
+                      "comma-separated; default: png,pdf; png with --quick)")
   parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
                       help="results cache (default: .cache/figures/ at the "
                            "repo root)")

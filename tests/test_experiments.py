@@ -84,7 +84,8 @@ def test_figure_contract(path, reproduce):
 def test_runner_writes_png_and_pdf(reproduce, tmp_path, capsys):
   out = tmp_path / "figures"
   assert reproduce.main(
-      ["--quick", "--out", str(out), "--no-cache", "--only", "fig01"]) == 0
+      ["--quick", "--out", str(out), "--no-cache", "--only", "fig01",
+       "--format", "png,pdf"]) == 0
   names = [n for n in reproduce.discover_figures() if n.startswith("fig01")]
   for name in names:
     for ext in ("png", "pdf"):
