@@ -115,6 +115,12 @@ def jvp_growth(f: Transition, state0: Any, xs: Any = None, *,
   Returns:
     ``Growth``; ``log_growth`` is ``(T,)``, or ``(T, probes)`` if probes > 1.
 
+  The compiled scan is cached on ``f`` (by equality: the same function
+  object): calling with a fresh ``lambda``/``functools.partial`` each time
+  recompiles every call. For many parameter settings, vmap one function
+  over them (as ``ex.sweep`` does) or keep ``f`` fixed and pass what
+  varies through ``xs``.
+
   Example:
     >>> import jax, jax.numpy as jnp, exploding as ex
     >>> f = lambda h, x: 2.0 * h
