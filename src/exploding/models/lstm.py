@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from exploding import _validation, initializers
+from exploding.models import rnn
 
 __all__ = ["LSTMParams", "init", "step", "apply"]
 
@@ -105,12 +106,7 @@ def step(p: LSTMParams, state: tuple[jax.Array, jax.Array],
   if h.shape[-1] != p.hidden or c.shape != h.shape:
     raise ValueError(f"state must be (h, c) with last axis {p.hidden} "
                      f"(hidden), got shapes {h.shape}, {c.shape}")
-  a = p.weight_scale * (h @ p.W0.T) + p.b
-  if x is not None:
-    if x.shape[-1] != p.U.shape[1]:
-      raise ValueError(f"x must have last axis {p.U.shape[1]} (input_size), "
-                       f"got shape {x.shape}")
-    a = a + x @ p.U.T
+  a = rnn.preactivation(p, h, x)
   ai, af, ag, ao = jnp.split(a, 4, axis=-1)
   c = jax.nn.sigmoid(af) * c + jax.nn.sigmoid(ai) * jnp.tanh(ag)
   h = jax.nn.sigmoid(ao) * jnp.tanh(c)

@@ -106,13 +106,19 @@ def step(p: RNNParams, h: jax.Array, x: jax.Array | None = None) -> jax.Array:
   if h.shape[-1] != p.hidden:
     raise ValueError(f"h must have last axis {p.hidden} (hidden), got shape "
                      f"{h.shape}")
+  return _activation(p.activation).fn(preactivation(p, h, x)).astype(h.dtype)
+
+
+def preactivation(p, h: jax.Array, x: jax.Array | None) -> jax.Array:
+  """``g * (W0 @ h) + U @ x + b`` for any params with those leaves (the
+  RNN's, or the LSTM's stacked gates); checks ``x``'s input size."""
   a = p.weight_scale * (h @ p.W0.T) + p.b
   if x is not None:
     if x.shape[-1] != p.U.shape[1]:
       raise ValueError(f"x must have last axis {p.U.shape[1]} (input_size), "
                        f"got shape {x.shape}")
     a = a + x @ p.U.T
-  return _activation(p.activation).fn(a).astype(h.dtype)
+  return a
 
 
 def apply(p: RNNParams, h0: jax.Array, xs: jax.Array | None = None, *,
