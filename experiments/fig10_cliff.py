@@ -93,7 +93,6 @@ def compute(config: dict) -> dict[str, np.ndarray]:
 def plot(results: dict[str, np.ndarray]):
   """(a) loss surface + wall + descents, (b) |grad| across the wall, (c)
   loss and gradient norm along the descents."""
-  from matplotlib import colors as mcolors
 
   from matplotlib.figure import Figure
 

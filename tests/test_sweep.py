@@ -1,7 +1,6 @@
 """Sweeps: equality with the per-point engine, sharding, cache, resume."""
 
 import json
-import logging
 import os
 import signal
 import subprocess

@@ -2,16 +2,35 @@
 
 __version__ = "0.1.0"
 
-from exploding.activations import Activation, activation
 from exploding import initializers
 from exploding import models
-from exploding.models import lstm, mlp, rnn
-from exploding.jacobian import (Growth, LyapunovSpectrum, jvp_growth,
-                                vjp_growth, lyapunov_spectrum,
-                                jacobian_singular_values, is_homogeneous)
-from exploding import theory, clipping, tasks, cliff
+from exploding import plotting
+from exploding import theory
+from exploding import clipping
+from exploding import tasks
+from exploding import cliff
+from exploding import train
+from exploding.activations import Activation
+from exploding.activations import activation
+from exploding.models import lstm
+from exploding.models import mlp
+from exploding.models import rnn
+from exploding.jacobian import Growth
+from exploding.jacobian import LyapunovSpectrum
+from exploding.jacobian import is_homogeneous
+from exploding.jacobian import jacobian_singular_values
+from exploding.jacobian import jvp_growth
+from exploding.jacobian import lyapunov_spectrum
+from exploding.jacobian import vjp_growth
 from exploding.maps import GradientMap
 from exploding.sweep import sweep
-from exploding.remedies import RemedyComparison, compare_remedies
-from exploding import train
-from exploding import plotting
+from exploding.remedies import RemedyComparison
+from exploding.remedies import compare_remedies
+
+__all__ = [
+    "Activation", "GradientMap", "Growth", "LyapunovSpectrum",
+    "RemedyComparison", "activation", "cliff", "clipping", "compare_remedies",
+    "initializers", "is_homogeneous", "jacobian_singular_values",
+    "jvp_growth", "lstm", "lyapunov_spectrum", "mlp", "models", "plotting",
+    "rnn", "sweep", "tasks", "theory", "train", "vjp_growth",
+]
