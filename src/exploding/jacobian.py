@@ -365,14 +365,27 @@ def _renormalize_state(h, homogeneous, log_scale):
   return h, log_scale, ln
 
 
+def _is_float(x):
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
 def _zero_scale(dtype):
   return jnp.zeros((), dtype), jnp.zeros((), dtype)
 
 
+def probe_normals(key, n, cols):
+  """The float32 ``N(0, 1)`` draws behind ``_probe(key, n, cols, .)``; a
+  caller may draw them outside the engine's program and pass them as
+  ``key`` (``ex.sweep`` does: its scan program then holds no RNG)."""
+  return jax.random.normal(key, (n, cols), jnp.float32)
+
+
 def _probe(key, n, cols, dtype):
   """Unit columns: drawn in float32 (every dtype sees the same probe), then
-  normalised in ``acc_dtype(dtype)`` and cast to ``dtype``."""
-  q = jax.random.normal(key, (n, cols), jnp.float32).astype(acc_dtype(dtype))
+  normalised in ``acc_dtype(dtype)`` and cast to ``dtype``. ``key`` is a
+  PRNG key or its ``probe_normals``."""
+  q = key if _is_float(key) else probe_normals(key, n, cols)
+  q = q.astype(acc_dtype(dtype))
   return (q / jnp.linalg.norm(q, axis=0, keepdims=True)).astype(dtype)
 
 

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import tqdm.auto as tqdm
 
-from exploding import _validation, jacobian
+from exploding import _validation, activations, jacobian
 from exploding.activations import ACTIVATIONS
 from exploding.maps import GradientMap, save_npz_atomic
 from exploding.models import lstm, mlp, rnn
@@ -103,8 +103,8 @@ def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
   gs = spec.weight_scales
   n_chunks = math.ceil(len(gs) / per_chunk)
   padded = np.concatenate([gs, np.full(n_chunks * per_chunk - len(gs), gs[-1])])
-  run = _compiled(spec.static, tuple(devices))
-  base_key = _key_data(spec.key)
+  run = _compiled(spec.static, tuple(devices), _compiler_options())
+  draws = None
   parts = []
   for c in tqdm.trange(n_chunks, desc=f"sweep {model}", unit="chunk",
                        disable=None if progress else True, leave=False):
@@ -112,7 +112,10 @@ def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
     path = _chunk_path(cache_dir, spec, chunk)
     part = _read_chunk(path)
     if part is None:
-      part = run(base_key, _device_put(chunk.astype(spec.dtype), devices),
+      if draws is None:
+        draws = _draw_program(_draw_static(spec.static), tuple(devices),
+                              _compiler_options())(_key_data(spec.key))
+      part = run(draws, _device_put(chunk.astype(spec.dtype), devices),
                  spec.state0, spec.xs)
       part = {k: _to_numpy(v) for k, v in part.items()}
       if path is not None:
@@ -265,58 +268,111 @@ def _devices(spec):
   return devices
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(static, devices):
-  """One jitted, sharded program per static configuration."""
-  mesh = Mesh(np.array(devices), ("grid",))
-  model, method, length, seeds = static[:4]
-  point = functools.partial(_per_seed, static)
+def _compiler_options():
+  """XLA CPU at backend optimisation level 1: compiles the sweep's programs
+  about 2x faster (threefry's unrolled rounds dominate) at the same run
+  time (``benchmarks/``); other backends keep their defaults."""
+  if jax.default_backend() == "cpu":
+    return (("xla_backend_optimization_level", 1),)
+  return ()
 
-  def local(base_key, gs, state0, xs):
+
+@functools.lru_cache(maxsize=64)
+def _draw_program(static, devices, options):
+  """Draws every seed's parameters, state, probe and inputs, replicated on
+  every device: a small program, apart from the scan so that the scan's
+  program holds no RNG (threefry is most of XLA CPU's compile time) and so
+  that sweeps differing only in ``length`` or method share it."""
+  mesh = Mesh(np.array(devices), ("grid",))
+  seeds = static[3]
+
+  def draw(base_key):
     keys = jax.vmap(lambda s: jax.random.fold_in(
         jax.random.wrap_key_data(base_key), s))(jnp.arange(seeds))
-    return jax.vmap(point, in_axes=(0, None, None, None))(keys, gs, state0, xs)
+    return jax.vmap(functools.partial(_draw_seed, static))(keys)
 
-  sharded = jax.shard_map(local, mesh=mesh,
-                          in_specs=(P(), P("grid"), P(), P()),
-                          out_specs=P(None, "grid"), check_vma=False)
-  return jax.jit(sharded)
+  return jax.jit(draw, out_shardings=NamedSharding(mesh, P()),
+                 compiler_options=dict(options) or None)
 
 
-def _per_seed(static, key, gs, state0, xs):
-  """All scales ``gs`` of one seed; returns dict of ``(n_g, ...)`` arrays."""
+def _draw_static(static):
+  """The part of ``static`` that the draws depend on."""
   (model, method, length, seeds, hidden, activation, bias_scale, init,
-   dtype, k, precision, input_kind, _, kw) = static
+   dtype, k, _, input_kind, has_state0, kw) = static
+  uses_length = model == "mlp" or input_kind == "gaussian"
+  return (model, None, length if uses_length else None, seeds, hidden,
+          activation, bias_scale, init, dtype, k if method == "lyapunov"
+          else 1, None, input_kind, has_state0, kw)
+
+
+def _draw_seed(static, key):
+  """One seed's draws from ``fold_in(key, seed)``."""
+  (model, _, length, _, hidden, activation, bias_scale, init, dtype, k, _,
+   input_kind, has_state0, kw) = static
   kw = dict(kw)
   k_init, k_state, k_probe, k_in = jax.random.split(key, 4)
   if model == "rnn":
     p0 = rnn.init(k_init, hidden, bias_scale=bias_scale,
                   activation=activation, init=init,
                   input_size=kw["input_size"], dtype=dtype)
-    step = rnn.step
-    draw = lambda: jax.random.normal(k_state, (hidden,), jnp.float32)
+    shape = (hidden,)
   elif model == "lstm":
     p0 = lstm.init(k_init, hidden, forget_bias=kw["forget_bias"], init=init,
                    bias_scale=bias_scale, input_size=kw["input_size"],
                    dtype=dtype)
-    step = lstm.step
-    draw = lambda: tuple(jax.random.normal(k_state, (2, hidden), jnp.float32))
+    shape = (2, hidden)
   else:
     p0 = mlp.init(k_init, hidden, length, bias_scale=bias_scale,
                   activation=activation, init=init,
                   batchnorm=kw["batchnorm"], residual=kw["residual"],
                   dtype=dtype)
-    step = mlp.step
-    draw = lambda: jax.random.normal(k_state, (kw["batch"], hidden),
-                                     jnp.float32)
+    shape = (kw["batch"], hidden)
+  out = dict(p0=p0)
+  if not has_state0:
+    state0 = jax.random.normal(k_state, shape, jnp.float32).astype(dtype)
+    out["state0"] = tuple(state0) if model == "lstm" else state0
+  size = _state_size(model, hidden, kw)
+  out["probe"] = jacobian.probe_normals(k_probe, size, k)
+  if input_kind == "gaussian":
+    out["xs"] = jax.random.normal(k_in, (length, kw["input_size"]),
+                                  jnp.float32).astype(dtype)
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(static, devices, options):
+  """One jitted, sharded program per static configuration."""
+  mesh = Mesh(np.array(devices), ("grid",))
+  point = functools.partial(_per_seed, static)
+
+  def local(draws, gs, state0, xs):
+    return jax.vmap(point, in_axes=(0, None, None, None))(draws, gs, state0, xs)
+
+  sharded = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(), P("grid"), P(), P()),
+                          out_specs=P(None, "grid"), check_vma=False)
+  return jax.jit(sharded, compiler_options=dict(options) or None)
+
+
+def _per_seed(static, draws, gs, state0, xs):
+  """All scales ``gs`` of one seed; returns dict of ``(n_g, ...)`` arrays."""
+  (model, method, length, seeds, hidden, activation, bias_scale, init,
+   dtype, k, precision, input_kind, _, kw) = static
+  kw = dict(kw)
+  p0, probe = draws["p0"], draws["probe"]
+  step = dict(rnn=rnn.step, lstm=lstm.step, mlp=mlp.step)[model]
+  if model == "mlp":
     xs = mlp.layers(p0)
   if state0 is None:
-    state0 = jax.tree.map(lambda a: a.astype(dtype), draw())
+    state0 = draws["state0"]
   if input_kind == "gaussian":
-    xs = jax.random.normal(k_in, (length, kw["input_size"]),
-                           jnp.float32).astype(dtype)
+    xs = draws["xs"]
   homogeneous = _homogeneous(model, activation, bias_scale, input_kind, kw)
   vec0, unravel = ravel_pytree(state0)
+
+  if model == "rnn" and method == "jvp":
+    return _rnn_jvp(p0, gs.astype(dtype), vec0, xs, probe, length,
+                    homogeneous, precision)
 
   def one_scale(g):
     p = p0.replace(weight_scale=g.astype(dtype))
@@ -325,24 +381,64 @@ def _per_seed(static, key, gs, state0, xs):
       fast = None
       if model == "rnn":   # state and tangent through one GEMM
         fast = lambda h, x, V: rnn.step_and_tangent(p, h, x, V)
-      out = jacobian._jvp_core(f, vec0, xs, k_probe, length, 1, homogeneous,
+      out = jacobian._jvp_core(f, vec0, xs, probe, length, 1, homogeneous,
                                precision, False, fast, _UNROLL)
       return dict(log_growth=out.log_growth[:, 0],
                   log_state_norm=out.log_state_norm,
                   overflow_step=out.overflow_step)
     if method == "vjp":
-      out = jacobian._vjp_core(f, vec0, xs, k_probe, length, homogeneous,
+      out = jacobian._vjp_core(f, vec0, xs, probe, length, homogeneous,
                                precision, False)
       return dict(log_growth=out.log_growth[::-1],
                   log_state_norm=out.log_state_norm,
                   overflow_step=out.overflow_step)
-    out = jacobian._lyapunov_core(f, vec0, xs, k_probe, length, k,
+    out = jacobian._lyapunov_core(f, vec0, xs, probe, length, k,
                                   homogeneous, precision)
     return dict(log_growth=out.cumulative[:, 0],
                 log_state_norm=out.log_state_norm,
                 overflow_step=out.overflow_step, exponents=out.exponents)
 
   return jax.vmap(one_scale)(gs)
+
+
+def _rnn_jvp(p0, gs, h0, xs, key, length, homogeneous, precision):
+  """``jacobian._jvp_core`` for every scale of one RNN seed in one scan.
+
+  The states and tangents of all ``n`` scales are the rows of one ``(2n,
+  hidden)`` matrix, so a step is a single GEMM ``[H; V] @ W0^T`` (they share
+  ``W0``; the scale multiplies after it, as in ``rnn.step``), and the input
+  drive ``U x_t + b`` of all steps is one GEMM before the scan. Same
+  arithmetic as the generic path, in a layout XLA runs 1.5-4x faster on CPU
+  (``benchmarks/``).
+  """
+  with jax.default_matmul_precision(precision):
+    n, dtype = gs.shape[0], h0.dtype
+    acc = jacobian.acc_dtype(dtype)
+    g = gs[:, None]
+    v0 = jacobian._probe(key, h0.size, 1, dtype)[:, 0]
+    drive = None if xs is None else xs @ p0.U.T + p0.b
+    phi = activations.activation(p0.activation).fn
+    renormalize = jax.vmap(jacobian._renormalize_state, (0, None, 0))
+
+    def body(carry, d):
+      h, v, scale, total, comp = carry
+      A = jnp.concatenate([h, v]) @ p0.W0.T
+      a = g * A[:n] + (p0.b if d is None else d)
+      h, slope = jax.jvp(phi, (a,), (jnp.ones_like(a),))
+      h, scale, lh = renormalize(h.astype(dtype), homogeneous, scale)
+      v, lg = jacobian.normalize((slope * (g * A[n:])).astype(dtype),
+                                axis=1)
+      total, comp = jacobian.kahan_add(total, comp, lg)
+      return (h, v, scale, total, comp), (total, lh)
+
+    zeros = jnp.zeros(n, acc)
+    init = (jnp.broadcast_to(h0, (n, h0.size)),
+            jnp.broadcast_to(v0, (n, h0.size)), (zeros, zeros), zeros, zeros)
+    _, (lg, lh) = jax.lax.scan(body, init, drive, length=length,
+                               unroll=_UNROLL)
+    step = jacobian.overflow_index(lh)
+    return dict(log_growth=jacobian._mask_after(lg, step).T,
+                log_state_norm=lh.T, overflow_step=step)
 
 
 def _homogeneous(model, activation, bias_scale, input_kind, kw):
