@@ -5,19 +5,18 @@ workload's grid (one ``W0``, ``U``, state and probe per seed from
 ``fold_in(key, seed)``, every scale of a seed sharing them), with one change,
 so it can be timed side by side with ``ex.sweep`` and checked against it:
 
-- ``engine``: the engine's ``_jvp_core`` re-implemented with ``lax.scan``
-  ``unroll=`` exposed (``unroll=1`` is the engine as it is).
-- ``stacked``: an RNN-specific step: primal and tangent stacked into one
-  matrix, so each step is one GEMM ``[H; V] @ W0^T`` of ``2 n_g`` rows
-  instead of a GEMM for the state plus one for the tangent.
-- ``hoisted``: ``engine`` with the per-seed draws (``W0``, ``U``, ``b``,
-  state, probe: five threefry normals) taken out of the scan program into
-  a small jitted draw program that depends on ``hidden`` only, so the
-  scan program compiles less and the draw program is reused by every
-  sweep with the same ``hidden``.
-- ``cheap_norm``: ``stacked`` with a plain ``sqrt(sum v^2)`` norm for the
-  tangent (it is unit-normalised every step, so one step cannot overflow
-  float32 unless ``||J_t|| > 1e19``) and no compensated sum.
+- ``engine``: the generic engine path (``_jvp_core``: ``linearize`` and a
+  per-scale ``vmap``), with the draws inside the program and ``lax.scan``
+  ``unroll=`` exposed: ``ex.sweep``'s RNN path before it pushed all scales
+  through one GEMM.
+- ``stacked``: all scales of a seed at once, primal and tangent stacked
+  into one matrix, so each step is one GEMM ``[H; V] @ W0^T`` of ``2 n_g``
+  rows (what ``ex.sweep`` now does); with ``cheap_norm`` a plain
+  ``sqrt(sum v^2)`` norm (the tangent is unit-normalised every step, so one
+  step cannot overflow float32 unless ``||J_t|| > 1e19``) and no
+  compensated sum: a lever measured, not applied.
+- ``sweep_with_compiler_options``: ``ex.sweep`` with other XLA compiler
+  options for its programs.
 """
 
 from __future__ import annotations
@@ -123,48 +122,6 @@ def stacked_program(hidden, input_size, length, seeds, unroll=1,
   return jax.jit(program)
 
 
-@functools.lru_cache(maxsize=None)
-def draw_program(hidden, input_size, seeds):
-  """jit(key_data -> per-seed (W0, U, b, h0, probe)), shared by configs."""
-  def draw(key_data):
-    key = jax.random.wrap_key_data(key_data)
-
-    def one(s):
-      p0, h0, kp = _seed_setup(key, s, hidden, input_size)
-      return p0.W0, p0.U, p0.b, h0, J._probe(kp, hidden, 1, h0.dtype)
-    return jax.vmap(one)(jnp.arange(seeds))
-  return jax.jit(draw)
-
-
-@functools.lru_cache(maxsize=None)
-def hoisted_program(hidden, input_size, length, seeds, unroll=1):
-  """``engine_program`` with the draws passed in as arguments."""
-
-  def one_scale(W0, U, b, h0, V, g):
-    p = ex.rnn.RNNParams(W0, U, b, g)
-    xs = jnp.zeros((length, input_size), jnp.float32)
-
-    def body(carry, x):
-      h, V, scale, total, comp = carry
-      h, lin = jax.linearize(lambda y: ex.rnn.step(p, y, x), h)
-      Vn = jax.vmap(lin, 1, 1)(V)
-      h, scale, lh = J._renormalize_state(h, False, scale)
-      V, lg = J.normalize(Vn, axis=0)
-      total, comp = J.kahan_add(total, comp, lg)
-      return (h, V, scale, total, comp), (total, lh)
-
-    z = jnp.zeros(1, jnp.float32)
-    init = (h0, V, J._zero_scale(jnp.float32), z, z)
-    _, (lg, lh) = jax.lax.scan(body, init, xs, length=length, unroll=unroll)
-    return _finish(lg[:, 0], lh)[0]
-
-  def program(draws, gs):
-    per_seed = lambda W0, U, b, h0, V: jax.vmap(
-        lambda g: one_scale(W0, U, b, h0, V, g))(gs)
-    return jax.vmap(per_seed)(*draws)
-  return jax.jit(program)
-
-
 def _grid_program(one_scale, hidden, input_size, length, seeds):
   def program(key_data, gs):
     key = jax.random.wrap_key_data(key_data)
@@ -185,3 +142,21 @@ def key_data(seed=0):
 def as_map_layout(out):
   """(seeds, n_scales, T) -> (n_scales, T, seeds), like GradientMap."""
   return np.transpose(np.asarray(out), (1, 2, 0))
+
+
+def sweep_with_compiler_options(options, model, **kw):
+  """A thunk running ``ex.sweep`` with its programs compiled under XLA
+  ``options`` (a dict; ``None`` for XLA's defaults). The sweep caches its
+  programs per options, so this leaves ``ex.sweep``'s own untouched."""
+  import importlib
+  sw = importlib.import_module("exploding.sweep")
+  items = tuple(sorted((options or {}).items()))
+
+  def fn():
+    saved = sw._compiler_options
+    sw._compiler_options = lambda: items
+    try:
+      return ex.sweep(model, **kw).log_growth
+    finally:
+      sw._compiler_options = saved
+  return fn

@@ -50,6 +50,10 @@ class CompileLog:
     return sum(1 for k, n, _ in self.events
                if k == "compile" and (fun_substr is None or fun_substr in n))
 
+  def by_fun(self, fun_substr) -> float:
+    """Trace + lowering + backend compile of functions containing a name."""
+    return sum(d for _, n, d in self.events if fun_substr in n)
+
   def names(self):
     return [n for k, n, _ in self.events if k == "compile"]
 
@@ -83,7 +87,8 @@ def first_and_median(fn: Callable[[], Any], repeats: int = 5,
               min_s=min(times), repeats=len(times), times=times,
               compile_s=log.total("compile"), trace_s=log.total("trace"),
               lower_s=log.total("lower"), n_compiles=log.count(),
-              compiled=log.names())
+              compiled=log.names(), program_s=log.by_fun("local"),
+              draw_s=log.by_fun("draw"))
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
