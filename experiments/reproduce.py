@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run), 2 for a bad ``--only``.
   """
   args = _parse_args(argv)
+  from exploding import _env
+  _env.use_compilation_cache()   # a rerun reuses compiled programs
   figures = discover_figures()
   if args.only:
     prefixes = [p for item in args.only for p in item.split(",") if p]

@@ -2,8 +2,15 @@
 ``tests/_subprocess.py``) so the rest of the suite sees one CPU device, as a
 user does by default."""
 
+import os
+
 import jax
 import pytest
+
+# The CLI and the figure runner turn on jax's persistent compilation cache in
+# ~/.cache; tests (in-process and their subprocesses) keep out of it, except
+# the one test of that cache, which points it at a temporary folder.
+os.environ.setdefault("EXPLODING_NO_XLA_CACHE", "1")
 
 
 @pytest.fixture

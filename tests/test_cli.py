@@ -10,8 +10,10 @@ import pytest
 import exploding as ex
 
 
-def _run(*args, cwd=None):
-  env = dict(os.environ, MPLBACKEND="Agg")
+def _run(*args, cwd=None, **env_vars):
+  env = dict(os.environ, MPLBACKEND="Agg", **env_vars)
+  for k in [k for k, v in env.items() if v is None]:
+    del env[k]
   return subprocess.run([sys.executable, "-m", "exploding.cli", *args],
                         capture_output=True, text=True, env=env, cwd=cwd,
                         timeout=300)
@@ -32,6 +34,33 @@ def test_sweep_writes_map_and_plot(tmp_path):
     assert m.config["device_count"] == (os.cpu_count() or 1)
   assert png.stat().st_size > 10_000
   assert "critical scale" in proc.stdout
+
+
+def test_rerun_reuses_compiled_programs_from_the_cache(tmp_path):
+  """The CLI turns on jax's persistent cache: a second process finds every
+  program there (no new entries) and gives the same map."""
+  cache = tmp_path / "xdg"
+  args = ("sweep", "rnn", "--scales", "0.5:2.0:4", "--length", "20",
+          "--seeds", "2", "--hidden", "8", "--no-progress")
+  env = dict(XDG_CACHE_HOME=str(cache), EXPLODING_NO_XLA_CACHE=None,
+             JAX_COMPILATION_CACHE_DIR=None, JAX_LOG_COMPILES="1")
+  first = _run(*args, "--out", str(tmp_path / "a.npz"), **env)
+  assert first.returncode == 0, first.stderr
+  entries = sorted(p.name for p in (cache / "exploding" / "xla").iterdir())
+  assert any(name.startswith("jit_local") for name in entries), entries
+  assert any(name.startswith("jit_draw") for name in entries), entries
+  second = _run(*args, "--out", str(tmp_path / "b.npz"), **env)
+  assert second.returncode == 0, second.stderr
+  for program in ("jit_draw", "jit_local"):   # read back, not recompiled
+    assert f"Persistent compilation cache hit for '{program}'" in \
+        second.stderr
+    assert f"Persistent compilation cache hit for '{program}'" not in \
+        first.stderr
+  assert sorted(p.name for p in (cache / "exploding" / "xla").iterdir()) \
+      == entries
+  a = ex.GradientMap.load(tmp_path / "a.npz")
+  b = ex.GradientMap.load(tmp_path / "b.npz")
+  np.testing.assert_array_equal(a.log_growth, b.log_growth)
 
 
 @pytest.mark.parametrize("args,match", [

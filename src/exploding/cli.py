@@ -7,7 +7,9 @@ paper's figures; ``exploding list`` lists them.
 
 XLA on CPU runs a sweep's GEMMs on about one core; the command exposes one
 host device per core (``--xla_force_host_platform_device_count``) when the
-user has not set ``XLA_FLAGS``, and the sweep shards over them.
+user has not set ``XLA_FLAGS``, and the sweep shards over them. It also
+turns on jax's persistent compilation cache (``~/.cache/exploding/xla``;
+``EXPLODING_NO_XLA_CACHE=1`` opts out), so a rerun compiles nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
   os.environ.setdefault(
       "XLA_FLAGS",
       f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
+  from exploding import _env
+  _env.use_compilation_cache()
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] in ("reproduce", "list"):
     # The figure runner parses its own flags (--quick, --only, --no-cache).
