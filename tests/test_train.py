@@ -1,5 +1,5 @@
 """Tests for exploding.train: learning, clean non-finite stops, truncated BPTT,
-clip records, determinism and argument checks.
+clip records, determinism, one program for every lag set and argument checks.
 
 Compiling a run dominates the cost on CPU, so each configuration is trained
 once (module fixtures) and several tests read it.
@@ -120,6 +120,43 @@ def test_truncated_bptt_zero_beyond_window(learned, k):
   # The first step differs from full BPTT only in the gradient, not the loss.
   np.testing.assert_array_equal(r.loss[:, 0], learned.loss[:, 0])
   assert not np.allclose(r.pre_norm[:, 0], learned.pre_norm[:, 0])
+
+
+def _backend_compiles(fn):
+  """``fn()`` and the number of XLA programs compiled while it ran."""
+  events = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    out = fn()
+    jax.block_until_ready(out.loss)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  return out, len(events)
+
+
+def test_lags_are_traced_one_program_for_every_lag_set():
+  # A structure no other test uses, so the first call compiles it afresh.
+  kw = dict(model="rnn", hidden=3, steps=3, length=6, batch=4, seeds=2,
+            key=0)
+  a, first = _backend_compiles(
+      lambda: training.train("adding", lags=(1, 4), **kw))
+  b, second = _backend_compiles(
+      lambda: training.train("adding", lags=(4, 5), **kw))
+  assert first >= 1
+  assert second == 0, "new lags recompiled the training program"
+  assert (a.lags, b.lags) == ((1, 4), (4, 5))
+  # The lags change what is read out, nothing else.
+  for x, y in zip(a[:4], b[:4]):
+    np.testing.assert_array_equal(x, y)
+  np.testing.assert_array_equal(a.lag_grad_norm[..., 1],
+                                b.lag_grad_norm[..., 0])
+  assert not np.array_equal(a.lag_grad_norm[..., 0], b.lag_grad_norm[..., 1])
 
 
 @pytest.mark.parametrize("kwargs, error, name", [

@@ -7,6 +7,9 @@ mean squared error (regression tasks) or the softmax cross-entropy in nats
 the task's ``baseline_loss`` (the best constant prediction). The whole run,
 ``steps`` optimiser steps for every seed, is one ``lax.scan`` under ``jit``
 (vmapped over seeds), so a run compiles once and never returns to Python.
+Only the run's structure (model, sizes, steps, task, the number of lags, ...)
+is compiled in; the lags themselves, the truncation window and the numeric
+settings are traced, so runs that differ only in those share one program.
 
 Every step records what the gradient did:
 
@@ -51,17 +54,14 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from exploding import _validation, clipping, tasks
+from exploding import _train_program, _validation, clipping, tasks
 from exploding.activations import ACTIVATIONS
-from exploding.models import lstm, rnn
 
 __all__ = ["TrainResult", "train", "MODELS", "TASKS", "OPTIMIZERS", "LOSSES"]
 
@@ -235,19 +235,21 @@ def train(
   out_size = example.targets.shape[-1]
   lags = _check_lags(lags, length)
 
-  static = _Static(model=model, hidden=hidden, steps=steps,
-                   activation=activation or "", init=init, loss=loss,
-                   optimizer=optimizer, clip=clip, lags=lags, seeds=seeds, fixed_batch=fixed_batch,
-                   input_size=input_size, out_size=out_size, length=length,
-                   dtype=dtype.name, make_task=make_task)
-  run = _compiled(static)
+  # The lags are traced: only their number shapes the program.
+  static = _train_program.Static(
+      model=model, hidden=hidden, steps=steps, activation=activation or "",
+      init=init, loss=loss, optimizer=optimizer, clip=clip,
+      n_lags=len(lags), seeds=seeds, fixed_batch=fixed_batch,
+      input_size=input_size, out_size=out_size, length=length,
+      dtype=dtype.name, make_task=make_task)
+  run = _train_program.compiled(static)
   scalars = [jnp.asarray(x, dtype) for x in (
       learning_rate, 1.0 if threshold is None else threshold, weight_scale,
       bias_scale, forget_bias)]
   # truncation = T detaches nothing: full BPTT, and the same program.
   window = jnp.asarray(length if truncation is None else truncation,
                        jnp.int32)
-  out = run(key, window, *scalars)
+  out = run(key, window, np.asarray(lags, np.int32).reshape(-1), *scalars)
   config = dict(task=task_name, model=model, hidden=hidden, steps=steps,
                 batch=int(example.inputs.shape[0]), length=length, lag=lag,
                 fixed_batch=fixed_batch, loss=loss,
@@ -260,146 +262,6 @@ def train(
                 truncation=truncation, lags=lags, seeds=seeds,
                 dtype=dtype.name, baseline_loss=float(example.baseline_loss))
   return TrainResult(*out[:5], lags, out[5], out[6], config)
-
-
-class _Static(NamedTuple):
-  """Everything that shapes the compiled program (a cache key)."""
-
-  model: str
-  hidden: int
-  steps: int
-  activation: str
-  init: str
-  loss: str
-  optimizer: str
-  clip: str
-  lags: tuple[int, ...]
-  seeds: int | None
-  fixed_batch: bool
-  input_size: int
-  out_size: int
-  length: int
-  dtype: str
-  make_task: Callable[[jax.Array], tasks.Task]
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(s: _Static) -> Callable[..., Any]:
-  """One jitted program per structure; numbers (truncation window, learning
-  rate, threshold, scales) are traced arguments, so changing them does not
-  recompile."""
-
-  def one_seed(key, window, learning_rate, threshold, weight_scale,
-               bias_scale, forget_bias):
-    init_key, data_key = jax.random.split(key)
-    params = _init_params(s, init_key, weight_scale, bias_scale, forget_bias)
-    base = (optax.adam if s.optimizer == "adam" else optax.sgd)(learning_rate)
-    opt_state = base.init(params)
-    fixed = s.make_task(data_key) if s.fixed_batch else None
-    step_keys = jax.random.split(data_key, s.steps)
-
-    def body(carry, step_key):
-      params, opt_state, done = carry
-      data = fixed if s.fixed_batch else s.make_task(step_key)
-      perturb = _zero_perturbations(s, data.inputs)
-      (value, grads), state_grads = _value_and_grads(
-          s, params, perturb, data.inputs, data.targets, window)
-      cut = clipping.clip_gradient(
-          grads, s.clip, None if s.clip == "none" else threshold,
-          params=params)
-      updates, new_opt_state = base.update(cut.grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      ok = (~done & jnp.isfinite(value) & cut.finite
-            & _all_finite(new_params))
-      params = _select(ok, new_params, params)
-      opt_state = _select(ok, new_opt_state, opt_state)
-      lag_norms = jnp.stack([_norm(jax.tree.map(lambda g: g[s.length - 1 - l],
-                                                state_grads))
-                             for l in s.lags]) if s.lags else jnp.zeros(
-                                 (0,), value.dtype)
-      record = (value, cut.pre_norm, cut.post_norm, cut.cosine, lag_norms)
-      # Records after the failing step are NaN; the failing step keeps its own.
-      record = jax.tree.map(
-          lambda r: jnp.where(done, jnp.full_like(r, jnp.nan), r), record)
-      failed = ~done & ~ok
-      return (params, opt_state, done | ~ok), (record, failed)
-
-    carry = (params, opt_state, jnp.zeros((), bool))
-    (params, _, _), (records, failed) = jax.lax.scan(body, carry, step_keys)
-    nan_step = jnp.where(jnp.any(failed), jnp.argmax(failed), -1)
-    return (*records, params, nan_step.astype(jnp.int32))
-
-  if s.seeds is None:
-    return jax.jit(one_seed)
-
-  def many(key, *scalars):
-    keys = jax.random.split(key, s.seeds)
-    return jax.vmap(one_seed, in_axes=(0,) + (None,) * len(scalars))(
-        keys, *scalars)
-
-  return jax.jit(many)
-
-
-def _init_params(s, key, weight_scale, bias_scale, forget_bias):
-  cell_key, out_key = jax.random.split(key)
-  dtype = jnp.dtype(s.dtype)
-  if s.model == "rnn":
-    cell = rnn.init(cell_key, s.hidden, weight_scale=weight_scale,
-                    bias_scale=bias_scale, activation=s.activation,
-                    init=s.init, input_size=s.input_size, dtype=dtype)
-  else:
-    cell = lstm.init(cell_key, s.hidden, weight_scale=weight_scale,
-                     forget_bias=forget_bias, input_size=s.input_size,
-                     init=s.init, bias_scale=bias_scale, dtype=dtype)
-  W = jax.random.normal(out_key, (s.out_size, s.hidden), jnp.float32)
-  W = (W / math.sqrt(s.hidden)).astype(dtype)
-  return {"cell": cell, "readout": {"W": W, "b": jnp.zeros(s.out_size, dtype)}}
-
-
-def _zero_perturbations(s, inputs):
-  batch, length = inputs.shape[:2]
-  zeros = jnp.zeros((length, batch, s.hidden), inputs.dtype)
-  return zeros if s.model == "rnn" else (zeros, zeros)
-
-
-def _value_and_grads(s, params, perturb, inputs, targets, window):
-  """Loss, its parameter gradient and ``dL/dh_t`` (``(T, batch, ...)``)."""
-
-  def objective(params, perturb):
-    return _loss(s, params, perturb, inputs, targets, window)
-
-  value, (grads, state_grads) = jax.value_and_grad(objective, argnums=(0, 1))(
-      params, perturb)
-  return (value, grads), state_grads
-
-
-def _loss(s, params, perturb, inputs, targets, window):
-  cell = params["cell"]
-  # The gain is the experiment's setting, not a trained parameter.
-  cell = cell.replace(weight_scale=jax.lax.stop_gradient(cell.weight_scale))
-  batch, length = inputs.shape[:2]
-  zeros = jnp.zeros((batch, s.hidden), inputs.dtype)
-  state = zeros if s.model == "rnn" else (zeros, zeros)
-  transition = rnn.step if s.model == "rnn" else lstm.step
-  t = jnp.arange(length)
-  # Detach after h_(T-k), h_(T-2k), ...: the last k transitions only.
-  detach = ((length - 1 - t) % window == 0) & (t < length - 1)
-
-  def body(state, xs):
-    x, e, cut = xs
-    state = transition(cell, state, x)
-    state = jax.tree.map(jnp.add, state, e)
-    state = jax.tree.map(
-        lambda h: jnp.where(cut, jax.lax.stop_gradient(h), h), state)
-    return state, None
-
-  xs = (jnp.swapaxes(inputs, 0, 1), perturb, detach)
-  state, _ = jax.lax.scan(body, state, xs)
-  h = state if s.model == "rnn" else state[0]
-  out = h @ params["readout"]["W"].T + params["readout"]["b"]
-  if s.loss == "mse":
-    return jnp.mean(jnp.sum((out - targets) ** 2, axis=-1))
-  return jnp.mean(optax.softmax_cross_entropy(out, targets))
 
 
 def _task_maker(task, batch, length, lag, dtype, key):
@@ -466,22 +328,3 @@ def _as_key(key):
     key = jax.random.wrap_key_data(key)
   return key
 
-
-def _select(pred, on_true, on_false):
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
-def _all_finite(tree):
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                            for x in jax.tree.leaves(tree)]))
-
-
-def _norm(tree):
-  """Global L2 norm, scaled by max |x| first so float32 cannot overflow at
-  ~1.8e19; non-finite input gives inf or NaN, as it warrants."""
-  leaves = jax.tree.leaves(tree)
-  big = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
-  safe = jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0).astype(big.dtype)
-  total = sum(jnp.sum((x / safe) ** 2) for x in leaves)
-  return jnp.where(jnp.isfinite(big), safe * jnp.sqrt(total),
-                   big * jnp.sqrt(total))
