@@ -172,6 +172,57 @@ def test_lyapunov_of_linear_map_is_log_eigenvalue_moduli(x64):
                              atol=1e-10)
 
 
+def test_lyapunov_full_spectrum_finite_when_float32_tanh_saturates():
+  # One input saturates the last unit at step t0: in float32 tanh(12) rounds
+  # to 1, so tanh' = 1 - tanh^2 is exactly 0 (float64: 2.5e-10) and J_t has
+  # a zero last row; QR then left diag R exactly 0 and the smallest
+  # exponent read -inf for good. The true product is invertible.
+  n, T, t0 = 8, 200, 50
+  A = 1.5 * np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))[0]
+  xs = np.zeros((T, n))
+  xs[t0, -1] = 12.0
+
+  def spectrum(dtype):
+    f = lambda h, x: jnp.tanh(jnp.asarray(A, dtype) @ h + x)
+    h0 = jnp.linspace(-1, 1, n, dtype=dtype)
+    ly = ex.lyapunov_spectrum(f, h0, jnp.asarray(xs, dtype), k=n,
+                              key=jax.random.key(0))
+    _, logdet = jax.lax.scan(
+        lambda h, x: (f(h, x), jnp.linalg.slogdet(jax.jacfwd(f)(h, x))[1]),
+        h0, jnp.asarray(xs, dtype))
+    return np.asarray(ly.exponents), np.asarray(logdet)
+
+  e32, _ = spectrum(jnp.float32)
+  with jax.enable_x64(True):
+    e64, logdet = spectrum(jnp.float64)
+  assert np.all(np.isfinite(e32))
+  np.testing.assert_allclose(e32[:-1], e64[:-1], atol=1e-5)
+  # The zero stretch counts as log(eps ||J Q||) ~ -15 instead of the true
+  # log(2.5e-10 ...) ~ -25 once: off by ~10 / T in the smallest exponent.
+  np.testing.assert_allclose(e32[-1], e64[-1], atol=0.05)
+  # k = n: the exponents sum to the mean log|det J_t| (float64).
+  np.testing.assert_allclose(e64.sum(), logdet.mean(), rtol=1e-10)
+  np.testing.assert_allclose(e32.sum(), logdet.mean(), atol=0.05)
+
+
+def test_lyapunov_exactly_singular_jacobian_reads_the_qr_resolution():
+  # A zero eigenvalue: log 0 = -inf is below the QR's resolution (its noise
+  # is ~eps ||J Q||), wherever the zero sits. An exact 0 on diag R counts
+  # log(eps ||R||_F) = log(eps ||diag(2, .5, 0)||_F); -inf only where J Q is
+  # exactly zero.
+  floor = np.log(np.finfo(np.float32).eps * np.sqrt(4.25))
+  for d, atol in (([2.0, 0.5, 0.0], 5e-3), ([0.0, 2.0, 0.5], 0.5),
+                  ([0.5, 0.0, 2.0], 0.5)):
+    ly = ex.lyapunov_spectrum(lambda h, x, d=d: jnp.asarray(d) * h,
+                              jnp.ones(3), length=1000, key=jax.random.key(1),
+                              k=3)
+    np.testing.assert_allclose(ly.exponents[:2], np.log([2, 0.5]), atol=5e-3)
+    np.testing.assert_allclose(ly.exponents[2], floor, atol=atol)
+  ly = ex.lyapunov_spectrum(lambda h, x: 0 * h, jnp.ones(3), length=10,
+                            key=jax.random.key(1), k=3)
+  assert np.all(ly.exponents == -np.inf)
+
+
 def test_singular_values_of_a_huge_product(x64):
   # tanh RNN, g = 4: the product's singular values span far more than e^40,
   # which no SVD of the materialised product resolves. Exact identity: the

@@ -163,6 +163,20 @@ def lyapunov_spectrum(f: Transition, state0: Any, xs: Any = None, *,
   frame; ``exponents = sum_t log|diag R_t| / T``. For a linear map
   ``h -> A h`` these are the log moduli of A's k largest eigenvalues.
 
+  Resolution: the QR's backward error is about ``eps ||J_t Q_{t-1}||``, so
+  a one-step stretch below that is rounding noise. An exactly zero entry of
+  ``diag R_t`` is counted at that resolution, ``log(eps ||R_t||_F)``, not as
+  ``log 0``. It comes from an exactly zero row of ``J_t`` (a dead ReLU unit;
+  a tanh with ``|preactivation| > ~9`` in float32, whose ``1 - tanh^2``
+  rounds to 0 although the true derivative is tiny but not 0), and whether
+  rounding leaves that entry at 0 (``-inf`` for the rest of the run) or at
+  ~eps depends on which unit it is. Exponents are therefore finite
+  unless some ``J_t Q_{t-1}`` is exactly zero; nonzero entries are used as
+  they are. Exponents near or below ``log eps + log ||J_t||`` (float32:
+  -15.9 plus that) are unresolved: for an exactly singular product (dead
+  ReLU units, a zero eigenvalue) the true value is ``-inf``, for a
+  float32-saturated tanh a finite number (compare with float64).
+
   Args:
     k: number of exponents, 1 <= k <= state size. Others as ``jvp_growth``.
 
@@ -492,7 +506,12 @@ def _lyapunov_core(f, vec0, xs, key, length, k, homogeneous, precision):
       JQ = jax.vmap(lin, 1, 1)(Q.astype(vec0.dtype))
       h, scale, lh = _renormalize_state(h, homogeneous, scale)
       Q, R = jnp.linalg.qr(JQ.astype(acc))
-      total, comp = kahan_add(total, comp, jnp.log(jnp.abs(jnp.diagonal(R))))
+      # An exact zero (a zero row of J) reads as the QR's resolution
+      # eps ||R||, not log 0: -inf only where J Q == 0 (see docstring).
+      d = jnp.abs(jnp.diagonal(R))
+      floor = jnp.log(jnp.finfo(acc).eps) + log_norm(R)
+      total, comp = kahan_add(total, comp,
+                              jnp.where(d == 0, floor, jnp.log(d)))
       return (h, Q, scale, total, comp), (total, lh)
 
     zeros = jnp.zeros(k, acc)
