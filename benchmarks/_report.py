@@ -299,6 +299,20 @@ def render(R, flops_per_step) -> str:
       a(f"| {name} | {_s(r['median_s'])} | {base / r['median_s']:.2f}x | "
         f"{_s(c)} {r.get('note', '')} | {r['maxdiff_ordered']:.1e} |")
     a("")
+  if "persistent_cache" in R:
+    pc = R["persistent_cache"]
+    a("### jax's persistent compilation cache (fresh processes, 1 device)\n")
+    a("The `exploding` command and the figure runner turn it on "
+      "(`~/.cache/exploding/xla`); a library user adds "
+      "`jax.config.update(\"jax_compilation_cache_dir\", path)`.\n")
+    a("| H | first process: first call / compile (sweep + draw programs) "
+      "| second process: first call / compile |")
+    a("|---|---|---|")
+    for H in HS:
+      c0, c1 = pc["cold"][str(H)], pc["warm"][str(H)]
+      a(f"| {H} | {_s(c0['first_s'])} / {_s(c0['program_s'] + c0['draw_s'])} "
+        f"| {_s(c1['first_s'])} / {_s(c1['program_s'] + c1['draw_s'])} |")
+    a("")
   for flags, r in R["xla_flags"].items():
     a(f"### XLA flag `{flags}` (fresh processes, 1 device)\n")
     a("| H | default: run / compile | with flag: run / compile |")

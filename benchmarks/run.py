@@ -128,8 +128,8 @@ def time_sweep(kw, repeats, max_s=None):
   return r
 
 
-def worker(task, xla_flags=None, timeout=600):
-  env = dict(os.environ)
+def worker(task, xla_flags=None, timeout=600, env_vars=None):
+  env = dict(os.environ, **(env_vars or {}))
   if xla_flags is not None:
     env["XLA_FLAGS"] = xla_flags
   p = subprocess.run([sys.executable, os.path.join(HERE, "_worker.py"),
@@ -333,6 +333,17 @@ def main(argv=None):
       out[name] = r
     R["levers"][H] = out
   log("levers done")
+  # a fresh process, twice, with jax's persistent compilation cache (what
+  # the CLI and the figure runner turn on): the second reads the programs
+  cache = tempfile.mkdtemp(prefix="exploding-xla-cache-")
+  task = dict(kind="sweep", hidden=list(HS), n_scales=W["n_scales"],
+              seeds=W["seeds"], length=W["T"], repeats=2)
+  env = {"JAX_COMPILATION_CACHE_DIR": cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
+  one = "--xla_force_host_platform_device_count=1"
+  R["persistent_cache"] = dict(cold=worker(task, one, env_vars=env),
+                               warm=worker(task, one, env_vars=env))
+  log("persistent cache done")
   R["xla_flags"] = {}
   for flags in ("--xla_llvm_disable_expensive_passes=true",):
     task = dict(kind="sweep", hidden=list(HS), n_scales=W["n_scales"],
