@@ -1,11 +1,13 @@
 """Sweeps: growth maps over weight scale x steps x seed in one program.
 
 For each seed the model's unit-scale matrices ``W0``, the initial state and
-the probe are drawn once from ``fold_in(key, seed)``; every weight scale of
-the grid shares them. The transition multiplies the scale after the matmul,
-``g * (W0 @ h)``, so ``vmap`` over scales turns the per-point matvecs into
-one GEMM per step, and the engine's single ``lax.scan`` yields every prefix
-length 1..T at once: one compilation per configuration, none per length.
+the probe are drawn once from ``fold_in(key, seed)``, in a small program of
+their own; every weight scale of the grid shares them. The transition
+multiplies the scale after the matmul, ``g * (W0 @ h)``, so ``vmap`` over
+scales turns the per-point matvecs into one GEMM per step (for the RNN's
+forward mode, states and tangents of every scale are the rows of a single
+GEMM), and the engine's single ``lax.scan`` yields every prefix length
+1..T at once: one compilation per configuration, none per length.
 
 The scale axis is split into chunks (bounded memory, one file each in the
 cache, a unit of resumption) and each chunk is sharded over every visible
