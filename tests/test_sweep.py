@@ -43,6 +43,37 @@ def test_sweep_equals_engine_per_point(method):
                                  atol=2e-5)
 
 
+@pytest.mark.parametrize("activation,bias_scale,inputs", [
+    ("relu", 0.0, None),            # homogeneous: the state is renormalised
+    ("sigmoid", 0.5, "gaussian"),   # input drive, one GEMM before the scan
+    ("linear", 0.0, "zeros"),       # input_size > 0 with a zero input
+])
+def test_rnn_jvp_all_scales_path_equals_engine(activation, bias_scale, inputs):
+  """The sweep's RNN forward path (all scales in one GEMM per step) against
+  the public engine on the public model, point by point."""
+  n_in = 0 if inputs is None else 5
+  kw = dict(SMALL, activation=activation, bias_scale=bias_scale,
+            input_size=n_in, inputs=None if inputs == "zeros" else inputs)
+  m = ex.sweep("rnn", key=5, **kw)
+  for s in range(2):
+    k_init, k_state, k_probe, k_in = jax.random.split(
+        jax.random.fold_in(jax.random.key(5), s), 4)
+    p0 = ex.rnn.init(k_init, 12, activation=activation,
+                     bias_scale=bias_scale, input_size=n_in)
+    h0 = jax.random.normal(k_state, (12,), jnp.float32)
+    xs = None if inputs is None else jnp.zeros((40, n_in))
+    if inputs == "gaussian":
+      xs = jax.random.normal(k_in, (40, n_in), jnp.float32)
+    for i, g in enumerate(SMALL["weight_scales"]):
+      p = p0.replace(weight_scale=jnp.float32(g))
+      want = ex.jvp_growth(lambda h, x: ex.rnn.step(p, h, x), h0, xs,
+                           length=40, key=k_probe)
+      np.testing.assert_allclose(m.log_growth[i, :, s], want.log_growth,
+                                 rtol=2e-5, atol=2e-5)
+      np.testing.assert_allclose(m.log_state_norm[i, :, s],
+                                 want.log_state_norm, rtol=2e-5, atol=2e-5)
+
+
 def test_mlp_and_lstm_sweeps_match_engine():
   m = ex.sweep("mlp", weight_scales=[0.8, 1.5], length=6, seeds=1, width=8,
                batch=4, batchnorm=True, residual=True, progress=False)
