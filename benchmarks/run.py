@@ -144,12 +144,35 @@ def worker(task, xla_flags=None, timeout=600, env_vars=None):
 # ------------------------------------------------------------------- main
 
 
+def _from_json(R):
+  """Undo JSON's string keys where the results are keyed by ints (H,
+  device count, k, grid size); workers' own results keep str(H) keys."""
+  ints = lambda d: {int(k) if k.isdigit() else k: v for k, v in d.items()}
+  for k in ("sweep", "roofline", "baselines", "devices", "levers",
+            "lyapunov"):
+    R[k] = ints(R[k])
+  for k in ("scaling", "memory"):
+    R[k] = {n: ints(v) if isinstance(v, dict) else v
+            for n, v in R[k].items()}
+  return R
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="~1-2 min smoke run")
   ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
   ap.add_argument("--json", default=None, help="also dump raw results here")
+  ap.add_argument("--render", default=None, metavar="JSON",
+                  help="only re-render RESULTS.md from a --json dump")
   args = ap.parse_args(argv)
+  if args.render:
+    import _report
+    with open(args.render) as f:
+      text = _report.render(_from_json(json.load(f)), flops_per_step)
+    with open(args.out, "w") as f:
+      f.write(text)
+    log(f"wrote {args.out} from {args.render}")
+    return
   q = args.quick
   rng = np.random.default_rng(0)
   R = {"quick": q}
