@@ -15,7 +15,6 @@ with ``torch.compile`` where that works.
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 import time
 

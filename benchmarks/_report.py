@@ -62,7 +62,7 @@ def render(R, flops_per_step) -> str:
     f"(commit {e['commit']}), torch {e['torch']}")
   a(f"- main process: {e['devices']} device(s), XLA_FLAGS="
     f"`{e['xla_flags']}`")
-  a(f"- timings: median over repeats after one warm-up call; compile time "
+  a("- timings: median over repeats after one warm-up call; compile time "
     "(trace + lowering + XLA backend compile, from JAX monitoring events) "
     "is reported separately.\n")
   a(f"**Workload W**: tanh RNN, {w['n_scales']} weight scales in [0.5, 2] x "
@@ -256,7 +256,7 @@ def render(R, flops_per_step) -> str:
   # 4. scaling
   sc = R["scaling"]
   a("## 4. Scaling\n")
-  a(f"### Devices (fresh process per count, "
+  a("### Devices (fresh process per count, "
     "`XLA_FLAGS=--xla_force_host_platform_device_count=N`), workload W\n")
   a("| devices | " + " | ".join(f"H={H} time | speed-up | max abs diff vs 1 "
                                  "(all / g<=1.4)" for H in HS) + " |")
@@ -301,7 +301,7 @@ def render(R, flops_per_step) -> str:
 
   # 5. lyapunov
   ly, cfg = R["lyapunov"], R["lyapunov_cfg"]
-  a(f"## 5. Lyapunov / k-probe mode\n")
+  a("## 5. Lyapunov / k-probe mode\n")
   a(f"`ex.sweep(..., method=\"lyapunov\", k=k)`, H = {cfg['hidden']}, "
     f"T = {cfg['length']}, {cfg['points']} points (4 scales x 2 seeds); "
     "one QR step = one scan step for all points.\n")
