@@ -35,6 +35,7 @@ def use_compilation_cache(path: str | None = None) -> str | None:
   path = path or default_cache_dir()
   jax.config.update("jax_compilation_cache_dir", path)
   # The sweep's programs compile in ~0.5-1.5 s, under jax's default 1 s
-  # threshold for writing an entry.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  # threshold for writing an entry (a user's setting wins).
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   return path
