@@ -8,7 +8,6 @@ it is reported apart from run time.
 from __future__ import annotations
 
 import gc
-import resource
 import statistics
 import time
 from typing import Any, Callable
@@ -101,23 +100,19 @@ def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
   return statistics.median(ts)
 
 
-def peak_rss_mib() -> float:
-  """Peak resident set size of this process (Linux: ru_maxrss in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mib(field: str) -> float:
+  """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024.0
+  return float("nan")
 
 
 def current_rss_mib() -> float:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+  return _status_mib("VmRSS")
 
 
 def hwm_rss_mib() -> float:
   """VmHWM: peak RSS since start or since the last clear_refs reset."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+  return _status_mib("VmHWM")

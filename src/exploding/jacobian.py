@@ -407,19 +407,15 @@ _static = ("f", "length", "probes", "homogeneous", "precision", "native")
 
 
 def _jvp_core(f, vec0, xs, key, length, probes, homogeneous, precision,
-              native, step_and_tangent=None, unroll=1):
-  """``step_and_tangent(h, x, V) -> (f(h, x), J V)`` may replace the
-  generic ``linearize`` (a model can push state and tangents through one
-  GEMM); ``unroll`` is ``lax.scan``'s (results are bit-identical)."""
+              native, unroll=1):
+  """``unroll`` is ``lax.scan``'s (results are bit-identical)."""
   with jax.default_matmul_precision(precision):
     acc = acc_dtype(vec0.dtype)
     V = _probe(key, vec0.size, probes, vec0.dtype)
 
-    def generic(h, x, V):
+    def advance(h, x, V):
       h, lin = jax.linearize(lambda y: f(y, x), h)
       return h, jax.vmap(lin, 1, 1)(V)
-
-    advance = step_and_tangent or generic
 
     def body(carry, x):
       h, V, scale, total, comp = carry

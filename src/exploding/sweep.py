@@ -389,7 +389,7 @@ def _per_seed(static, draws, gs, state0, xs):
     f = jacobian._FlatTransition(functools.partial(step, p), unravel, None)
     if method == "jvp":   # (the RNN's took _rnn_jvp above)
       out = jacobian._jvp_core(f, vec0, xs, probe, length, 1, homogeneous,
-                               precision, False, None, _UNROLL)
+                               precision, False, unroll=_UNROLL)
       return dict(log_growth=out.log_growth[:, 0],
                   log_state_norm=out.log_state_norm,
                   overflow_step=out.overflow_step)
@@ -415,9 +415,9 @@ def _rnn_jvp(p0, gs, h0, xs, key, length, homogeneous, precision):
   hidden)`` matrix, so a step is a single GEMM ``[H; V] @ W0^T`` (they share
   ``W0``; the scale multiplies after it, as in ``rnn.step``), and the input
   drive ``U x_t + b`` of all steps is one GEMM before the scan (``xs=None``
-  for none: a zero input adds exactly nothing). Same
-  arithmetic as the generic path, in a layout XLA runs 1.5-4x faster on CPU
-  (``benchmarks/``).
+  for none: a zero input adds exactly nothing). Same arithmetic as the
+  generic path, in a layout XLA runs 1.35-2.7x faster on CPU (the levers
+  table of ``benchmarks/RESULTS.md``).
   """
   with jax.default_matmul_precision(precision):
     n, dtype = gs.shape[0], h0.dtype
