@@ -1,6 +1,6 @@
 """exploding: map where gradients vanish or explode, and why."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from exploding import initializers
 from exploding import models
@@ -15,9 +15,9 @@ from exploding.activations import activation
 from exploding.models import lstm
 from exploding.models import mlp
 from exploding.models import rnn
+from exploding.models import Model
 from exploding.jacobian import Growth
 from exploding.jacobian import LyapunovSpectrum
-from exploding.jacobian import is_homogeneous
 from exploding.jacobian import jacobian_singular_values
 from exploding.jacobian import jvp_growth
 from exploding.jacobian import lyapunov_spectrum
@@ -28,9 +28,9 @@ from exploding.remedies import RemedyComparison
 from exploding.remedies import compare_remedies
 
 __all__ = [
-    "Activation", "GradientMap", "Growth", "LyapunovSpectrum",
+    "Activation", "GradientMap", "Growth", "LyapunovSpectrum", "Model",
     "RemedyComparison", "activation", "cliff", "clipping", "compare_remedies",
-    "initializers", "is_homogeneous", "jacobian_singular_values",
+    "initializers", "jacobian_singular_values",
     "jvp_growth", "lstm", "lyapunov_spectrum", "mlp", "models", "plotting",
     "rnn", "sweep", "tasks", "theory", "train", "vjp_growth",
 ]

@@ -131,6 +131,13 @@ def _init_params(s, key, weight_scale, bias_scale, forget_bias):
     cell = lstm.init(cell_key, s.hidden, weight_scale=weight_scale,
                      forget_bias=forget_bias, input_size=s.input_size,
                      init=s.init, bias_scale=bias_scale, dtype=dtype)
+  # Trained as plain weights: the bias (and the LSTM's forget bias) folded
+  # into b0 with unit scale, so every bias entry learns on its own.
+  b0 = cell.bias_scale * cell.b0
+  if s.model == "lstm":
+    b0 = b0.at[s.hidden:2 * s.hidden].add(cell.forget_bias)
+    cell = cell.replace(forget_bias=jnp.zeros((), dtype))
+  cell = cell.replace(b0=b0.astype(dtype), bias_scale=jnp.ones((), dtype))
   W = jax.random.normal(out_key, (s.out_size, s.hidden), jnp.float32)
   W = (W / math.sqrt(s.hidden)).astype(dtype)
   return {"cell": cell, "readout": {"W": W, "b": jnp.zeros(s.out_size, dtype)}}
@@ -155,8 +162,10 @@ def _value_and_grads(s, params, perturb, inputs, targets, window):
 
 def _loss(s, params, perturb, inputs, targets, window):
   cell = params["cell"]
-  # The gain is the experiment's setting, not a trained parameter.
-  cell = cell.replace(weight_scale=jax.lax.stop_gradient(cell.weight_scale))
+  # The knobs are the experiment's settings, not trained parameters.
+  cell = cell.replace(**{k: jax.lax.stop_gradient(getattr(cell, k)) for k in
+                         ("weight_scale", "bias_scale", "forget_bias")
+                         if hasattr(cell, k)})
   batch, length = inputs.shape[:2]
   zeros = jnp.zeros((batch, s.hidden), inputs.dtype)
   state = zeros if s.model == "rnn" else (zeros, zeros)

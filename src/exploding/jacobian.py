@@ -1,15 +1,15 @@
 """The engine: growth of Jacobian products, measured in log space.
 
-A transition ``f(state, x) -> state`` applied T times has the end-to-end
-Jacobian ``dh_T/dh_0 = J_T ... J_1`` with ``J_t = df/dh (h_{t-1}, x_t)``.
-A product of T factors slightly above or below one overflows or underflows
-in floating point long before it is interesting. The engine never forms it:
+A transition ``step(params, state, x) -> state`` applied T times has the
+end-to-end Jacobian ``dh_T/dh_0 = J_T ... J_1`` with
+``J_t = d step(params, h_{t-1}, x_t) / dh``. A product of T factors slightly
+above or below one overflows or underflows in floating point long before it
+is interesting. The engine never forms it:
 
 - ``jvp_growth`` (forward mode): a unit probe ``v`` is pushed through each
-  ``J_t`` by ``jax.jvp``; after every step ``log ||v||`` is added to a running
-  sum and ``v`` is divided by ``||v||``. The running sum is
-  ``log ||J_t ... J_1 v||`` exactly, for every prefix ``t`` in one scan, and
-  no number ever exceeds the growth of one step.
+  ``J_t``; after every step ``log ||v||`` is added to a running sum and ``v``
+  is divided by ``||v||``. The running sum is ``log ||J_t ... J_1 v||``
+  exactly, for every prefix ``t`` in one scan.
 - ``vjp_growth`` (reverse mode, what backprop sees): a unit cotangent ``u``
   at step T is pulled back through ``J_T, J_{T-1}, ...``, renormalised.
 - ``lyapunov_spectrum``: k orthonormal tangents, re-orthonormalised by QR
@@ -18,15 +18,23 @@ in floating point long before it is interesting. The engine never forms it:
 - ``jacobian_singular_values``: the log singular values of the materialised
   product, by QR sweeps over the factors (the product never forms).
 
-The forward state can overflow too. A positively homogeneous transition
-(``f(c h, x) = c f(h, x)``, e.g. ReLU or linear without bias or input) has
-``J(c h) = J(h)``, so its state is renormalised as well and the measurement
-runs past float range; otherwise every value from ``overflow_step`` on is
-NaN, never a number (XLA's ReLU backward maps a NaN state to an exact zero,
-which would otherwise read as a vanishing gradient).
+**Parameters are data.** ``params`` is a pytree of arrays and always a
+dynamic argument: every function here runs inside a user's ``jax.jit``,
+``jax.vmap`` and (for growth) ``jax.grad``, gives the same numbers there as
+eagerly, and a new params value never recompiles. The compiled program is
+keyed on ``step`` (the same function object) and the state's structure,
+shapes and dtype: define ``step`` once, pass what varies through ``params``.
 
-Norms are computed scaled (``max|v| * ||v / max|v|||``) and logs are summed
-in at least float32, so float16 and bfloat16 states work too.
+The forward state can overflow too. A positively homogeneous transition
+(``step(p, c h, x) = c step(p, h, x)``, c > 0: ReLU or linear, no bias, no
+input) has ``J(c h) = J(h)``, so its state may be renormalised and the
+measurement runs past float range. Homogeneity is declared, never guessed:
+``homogeneous`` is a bool, or a function ``params -> bool`` (traced; e.g.
+``lambda p: p.bias_scale == 0``) decided per point under ``vmap``. Otherwise
+every value from ``overflow_step`` on is NaN, never a number (XLA's ReLU
+backward maps a NaN state to an exact zero, which would read as vanishing).
+
+All four run on the package's one batched core (``_core.propagate``).
 
 References:
   Benettin, Galgani, Giorgilli, Strelcyn. Lyapunov characteristic exponents
@@ -37,36 +45,37 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 
-from exploding import _validation
+from exploding import _core, _validation
 
 __all__ = ["Growth", "LyapunovSpectrum", "jvp_growth", "vjp_growth",
-           "lyapunov_spectrum", "jacobian_singular_values",
-           "is_homogeneous"]
+           "lyapunov_spectrum", "jacobian_singular_values"]
 
-Transition = Callable[[Any, Any], Any]
+Step = Callable[[Any, Any, Any], Any]
 
 
 class Growth(NamedTuple):
   """Growth of a Jacobian product along a trajectory (natural logs).
 
   Attributes:
-    log_growth: ``(T,)`` (or ``(T, probes)``). For ``jvp_growth``,
-      ``log ||J_{t+1} ... J_1 v||`` at index t; for ``vjp_growth``,
-      ``log ||u J_T ... J_{t+1}||``, the gradient reaching state ``h_t``.
-      NaN from ``overflow_step`` on (for ``vjp_growth``: everywhere if the
-      state overflowed). Float32, or float64 for float64 states.
+    log_growth: ``(T,)`` (or ``(T, probes)``); index t holds t + 1 factors.
+      For ``jvp_growth``, ``log ||J_{t+1} ... J_1 v||``; for ``vjp_growth``,
+      ``log ||u J_T ... J_{T-t}||``, the gradient after t + 1 steps of
+      backprop. NaN from ``overflow_step`` on (for ``vjp_growth``:
+      everywhere if the state overflowed). Float32, or float64 for float64
+      states.
     log_state_norm: ``(T,)`` ``log ||h_{t+1}||``, the forward pass's growth.
     overflow_step: ``()`` int32, first t with ``h_{t+1}`` non-finite, or -1.
     native_norm: ``(T,)`` only with ``return_native=True``: the plain norm
       of the same product computed in the state's dtype with no
-      renormalisation (what training computes), with its ``inf``/``0``/NaN.
+      renormalisation (what training computes), with its ``inf``/``0``/NaN;
+      same indexing as ``log_growth``.
     native_invalid: ``(T,)`` bool, where that native product is non-finite
       or exactly zero.
   """
@@ -91,71 +100,71 @@ class LyapunovSpectrum(NamedTuple):
   overflow_step: jax.Array
 
 
-def jvp_growth(f: Transition, state0: Any, xs: Any = None, *,
-               length: int | None = None, key: jax.Array, probes: int = 1,
-               homogeneous: bool | None = None, precision: str = "highest",
+def jvp_growth(step: Step, params: Any, state0: Any, xs: Any = None, *,
+               length: int | None = None, key: Any, probes: int = 1,
+               homogeneous: Any = False, precision: str = "highest",
                return_native: bool = False) -> Growth:
   """Forward-mode growth ``log ||J_t ... J_1 v||`` for every prefix t.
 
   Args:
-    f: transition ``f(state, x) -> state`` (any pytree state, one float
-      dtype; ``x`` is ``None`` when ``xs`` is ``None``).
+    step: transition ``step(params, state, x) -> state`` (any pytree state
+      of one float dtype; ``x`` is ``None`` when ``xs`` is ``None``).
+    params: pytree of arrays (dynamic: new values never recompile).
     state0: initial state ``h_0``.
     xs: per-step inputs, a pytree whose leaves have leading axis T; or
       ``None`` with ``length=T``.
     length: T when ``xs`` is ``None`` (must agree with ``xs`` otherwise).
-    key: PRNG key for the probe(s), drawn in float32 then cast.
+    key: PRNG key (or int seed) for the probe(s), drawn in float32 then cast.
     probes: number of independent unit probes, >= 1.
-    homogeneous: renormalise the state too (see module doc); ``None``
-      detects it at the concrete ``state0``.
+    homogeneous: renormalise the state too (see module doc): a bool, or
+      ``params -> bool``.
     precision: matmul precision (``"highest"`` keeps TPU from bf16 passes).
     return_native: also compute the unrenormalised native-dtype product.
 
   Returns:
     ``Growth``; ``log_growth`` is ``(T,)``, or ``(T, probes)`` if probes > 1.
 
-  The compiled scan is cached on ``f`` (by equality: the same function
-  object): calling with a fresh ``lambda``/``functools.partial`` each time
-  recompiles every call. For many parameter settings, vmap one function
-  over them (as ``ex.sweep`` does) or keep ``f`` fixed and pass what
-  varies through ``xs``.
-
   Example:
     >>> import jax, jax.numpy as jnp, exploding as ex
-    >>> f = lambda h, x: 2.0 * h
-    >>> g = ex.jvp_growth(f, jnp.ones(4), length=1000, key=jax.random.key(0))
+    >>> step = lambda p, h, x: p * h
+    >>> g = ex.jvp_growth(step, 2.0, jnp.ones(4), length=1000, key=0)
     >>> round(float(g.log_growth[-1] / jnp.log(2.0)))
     1000
   """
   probes = _validation.check_int("probes", probes, 1)
-  prob = _Problem.make(f, state0, xs, length, homogeneous, "jvp_growth")
-  out = _jvp_impl(prob.f, prob.vec0, xs, key, prob.length, probes,
-                  prob.homogeneous, precision, return_native)
+  pr = _Problem.make(step, params, state0, xs, length, homogeneous, precision,
+                     "jvp_growth")
+  out = _jvp_program(pr.flat, params, pr.vec0, xs, pr.key(key), pr.hom,
+                     length=pr.length, probes=probes, hom_static=pr.hom_static,
+                     precision=precision, native=bool(return_native))
   return out._replace(log_growth=out.log_growth[:, 0]) if probes == 1 else out
 
 
-def vjp_growth(f: Transition, state0: Any, xs: Any = None, *,
-               length: int | None = None, key: jax.Array,
-               homogeneous: bool | None = None, precision: str = "highest",
+def vjp_growth(step: Step, params: Any, state0: Any, xs: Any = None, *,
+               length: int | None = None, key: Any, homogeneous: Any = False,
+               precision: str = "highest",
                return_native: bool = False) -> Growth:
-  """Reverse-mode growth ``log ||u J_T ... J_{t+1}||`` for every t.
+  """Reverse-mode growth ``log ||u J_T ... J_{T-t}||`` for every t.
 
   A random unit cotangent ``u`` at the last state is pulled back to each
   earlier state, as backprop does, renormalised every step. Index t holds
-  the gradient at ``h_t`` (t = 0 is the full product). Arguments as in
-  ``jvp_growth``. Stores the T forward states (memory O(T * state)).
+  t + 1 factors (the gradient t + 1 steps before the end), as in
+  ``jvp_growth``. Arguments as in ``jvp_growth``. Stores the T forward
+  states (memory O(T * state)).
 
   Returns:
     ``Growth`` with ``log_growth`` of shape ``(T,)``.
   """
-  prob = _Problem.make(f, state0, xs, length, homogeneous, "vjp_growth")
-  return _vjp_impl(prob.f, prob.vec0, xs, key, prob.length, prob.homogeneous,
-                   precision, return_native)
+  pr = _Problem.make(step, params, state0, xs, length, homogeneous, precision,
+                     "vjp_growth")
+  return _vjp_program(pr.flat, params, pr.vec0, xs, pr.key(key), pr.hom,
+                      length=pr.length, hom_static=pr.hom_static,
+                      precision=precision, native=bool(return_native))
 
 
-def lyapunov_spectrum(f: Transition, state0: Any, xs: Any = None, *,
-                      length: int | None = None, key: jax.Array, k: int = 1,
-                      homogeneous: bool | None = None,
+def lyapunov_spectrum(step: Step, params: Any, state0: Any, xs: Any = None,
+                      *, length: int | None = None, key: Any, k: int = 1,
+                      homogeneous: Any = False,
                       precision: str = "highest") -> LyapunovSpectrum:
   """The k leading Lyapunov exponents by QR re-orthonormalisation.
 
@@ -165,17 +174,11 @@ def lyapunov_spectrum(f: Transition, state0: Any, xs: Any = None, *,
 
   Resolution: the QR's backward error is about ``eps ||J_t Q_{t-1}||``, so
   a one-step stretch below that is rounding noise. An exactly zero entry of
-  ``diag R_t`` is counted at that resolution, ``log(eps ||R_t||_F)``, not as
-  ``log 0``. It comes from an exactly zero row of ``J_t`` (a dead ReLU unit;
-  a tanh with ``|preactivation| > ~9`` in float32, whose ``1 - tanh^2``
-  rounds to 0 although the true derivative is tiny but not 0), and whether
-  rounding leaves that entry at 0 (``-inf`` for the rest of the run) or at
-  ~eps depends on which unit it is. Exponents are therefore finite
-  unless some ``J_t Q_{t-1}`` is exactly zero; nonzero entries are used as
-  they are. Exponents near or below ``log eps + log ||J_t||`` (float32:
-  -15.9 plus that) are unresolved: for an exactly singular product (dead
-  ReLU units, a zero eigenvalue) the true value is ``-inf``, for a
-  float32-saturated tanh a finite number (compare with float64).
+  ``diag R_t`` (an exactly zero row of ``J_t``: a dead ReLU unit, a tanh
+  saturated to 1 in float32) counts at that resolution,
+  ``log(eps ||R_t||_F)``, not ``log 0``; exponents are finite unless some
+  ``J_t Q_{t-1}`` is exactly zero. Exponents near or below
+  ``log eps + log ||J_t||`` (float32: -15.9 plus that) are unresolved.
 
   Args:
     k: number of exponents, 1 <= k <= state size. Others as ``jvp_growth``.
@@ -183,17 +186,19 @@ def lyapunov_spectrum(f: Transition, state0: Any, xs: Any = None, *,
   Returns:
     ``LyapunovSpectrum``.
   """
-  prob = _Problem.make(f, state0, xs, length, homogeneous, "lyapunov_spectrum")
+  pr = _Problem.make(step, params, state0, xs, length, homogeneous, precision,
+                     "lyapunov_spectrum")
   k = _validation.check_int("k", k, 1)
-  if k > prob.vec0.size:
-    raise ValueError(f"k must be <= the state size {prob.vec0.size}, got {k}")
-  return _lyapunov_impl(prob.f, prob.vec0, xs, key, prob.length, k,
-                        prob.homogeneous, precision)
+  if k > pr.vec0.size:
+    raise ValueError(f"k must be <= the state size {pr.vec0.size}, got {k}")
+  return _lyapunov_program(pr.flat, params, pr.vec0, xs, pr.key(key), pr.hom,
+                           length=pr.length, k=k, hom_static=pr.hom_static,
+                           precision=precision)
 
 
-def jacobian_singular_values(f: Transition, state0: Any, xs: Any = None, *,
-                             length: int | None = None, sweeps: int = 100,
-                             homogeneous: bool | None = None,
+def jacobian_singular_values(step: Step, params: Any, state0: Any,
+                             xs: Any = None, *, length: int | None = None,
+                             sweeps: int = 100, homogeneous: Any = False,
                              precision: str = "highest") -> jax.Array:
   """Log singular values of ``J_T ... J_1``, largest first.
 
@@ -203,8 +208,8 @@ def jacobian_singular_values(f: Transition, state0: Any, xs: Any = None, *,
   next sweep runs on the transposed factors in reverse. Each sweep is one
   step of the QR iteration on ``A^T A``, so ``sum_t log|diag S_t|``
   converges to the log singular values, while their sum equals
-  ``log|det A| = sum_t log|det J_t|`` at every sweep; no number ever holds
-  the product.
+  ``log|det A| = sum_t log|det J_t|`` at every sweep. An exactly singular
+  product (a dead ReLU unit) has ``-inf`` entries; the others converge.
 
   Args:
     sweeps: QR sweeps, >= 1 (convergence is geometric in the ratios of
@@ -214,48 +219,43 @@ def jacobian_singular_values(f: Transition, state0: Any, xs: Any = None, *,
     ``(n,)`` log singular values (float32, or float64 for float64 states);
     NaN if the state overflows.
   """
-  prob = _Problem.make(f, state0, xs, length, homogeneous,
-                       "jacobian_singular_values")
+  pr = _Problem.make(step, params, state0, xs, length, homogeneous, precision,
+                     "jacobian_singular_values")
   sweeps = _validation.check_int("sweeps", sweeps, 1)
-  return _singular_impl(prob.f, prob.vec0, xs, prob.length, sweeps,
-                        prob.homogeneous, precision)
+  return _singular_program(pr.flat, params, pr.vec0, xs, pr.hom,
+                           length=pr.length, sweeps=sweeps,
+                           hom_static=pr.hom_static, precision=precision)
 
 
-def is_homogeneous(f: Transition, state0: Any, x0: Any = None) -> bool:
-  """Whether ``f(c h, x0) == c f(h, x0)`` for ``c`` in {2, 1/2} at the
-  concrete ``state0`` (to a dtype-dependent relative tolerance)."""
-  vec0, unravel = ravel_pytree(state0)
-  if not np.any(np.asarray(vec0, np.float64)):
-    return False
-  fv = lambda c: ravel_pytree(f(unravel(c * vec0), x0))[0]
-  base = np.asarray(fv(1.0), np.float64)
-  rtol = float(jnp.finfo(vec0.dtype).eps) ** 0.5
-  return all(np.allclose(np.asarray(fv(c), np.float64), c * base, rtol=rtol,
-                         atol=rtol * np.max(np.abs(base)) * c)
-             for c in (2.0, 0.5))
-
-
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------ validation
 
 
 class _Problem(NamedTuple):
-  f: Callable[[jax.Array, Any], jax.Array]   # on the flat state vector
+  flat: _core.Flat
   vec0: jax.Array
   length: int
-  homogeneous: bool
+  hom_static: bool | None      # a Python bool, or None: decided from params
+  hom: jax.Array | None        # () bool, traced, when hom_static is None
 
   @staticmethod
-  def make(f, state0, xs, length, homogeneous, caller) -> "_Problem":
-    if not callable(f):
-      raise TypeError(f"{caller}: f must be callable f(state, x) -> state")
+  def make(step, params, state0, xs, length, homogeneous, precision,
+           caller) -> "_Problem":
+    if not callable(step):
+      raise TypeError(f"{caller}: step must be callable "
+                      "step(params, state, x) -> state")
+    check_precision(precision)
     leaves = jax.tree.leaves(state0)
     if not leaves:
       raise ValueError(f"{caller}: state0 must hold at least one array")
-    dtypes = {jnp.asarray(l).dtype for l in leaves}
-    if len(dtypes) != 1 or not jnp.issubdtype(dtypes.pop(), jnp.floating):
-      raise TypeError(f"{caller}: state0 must have one floating dtype, got "
-                      f"{sorted(str(jnp.asarray(l).dtype) for l in leaves)}")
+    dtypes = {jnp.result_type(l) for l in leaves}
+    if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)),
+                                              jnp.floating):
+      raise TypeError(f"{caller}: state0 must have one real floating dtype, "
+                      f"got {sorted(str(jnp.result_type(l)) for l in leaves)}")
+    if sum(int(np.prod(jnp.shape(l), dtype=int)) for l in leaves) == 0:
+      raise ValueError(f"{caller}: state0 must have at least one entry")
     _validation.check_finite("state0", state0)
+    _validation.check_finite("params", params)
     _validation.check_finite("xs", xs)
     if xs is None:
       if length is None:
@@ -274,173 +274,105 @@ class _Problem(NamedTuple):
                          f"leading axis {T}")
       length = _validation.check_int("length (xs's leading axis)", T, 1)
       x0 = jax.tree.map(lambda a: a[0], xs)
-    vec0, unravel = ravel_pytree(state0)
-    out = jax.eval_shape(f, state0, x0)
-    if jax.tree.structure(out) != jax.tree.structure(state0) or any(
-        o.shape != jnp.shape(s)
-        for o, s in zip(jax.tree.leaves(out), leaves)):
-      raise ValueError(f"{caller}: f(state, x) must return the state's "
-                       f"structure and shapes; state0 {jax.tree.map(jnp.shape, state0)}"
-                       f" -> {jax.tree.map(lambda o: o.shape, out)}")
-    if any(o.dtype != vec0.dtype for o in jax.tree.leaves(out)):
-      raise TypeError(f"{caller}: f returned dtype "
+    flat = _core.Flat.of(step, state0)
+    out = jax.eval_shape(step, params, state0, x0)
+    if jax.tree.structure(out) != flat.treedef or any(
+        o.shape != s for o, s in zip(jax.tree.leaves(out), flat.shapes)):
+      raise ValueError(
+          f"{caller}: step(params, state, x) must return the state's "
+          f"structure and shapes; state0 {jax.tree.map(jnp.shape, state0)} "
+          f"-> {jax.tree.map(lambda o: o.shape, out)}")
+    if any(o.dtype != flat.dtype for o in jax.tree.leaves(out)):
+      raise TypeError(f"{caller}: step returned dtype "
                       f"{[str(o.dtype) for o in jax.tree.leaves(out)]} for a "
-                      f"{vec0.dtype} state; cast inside f")
-    if homogeneous is None:
-      homogeneous = (not _validation.is_traced((state0, x0))
-                     and is_homogeneous(f, state0, x0))
-    flat_f = _FlatTransition(f, unravel, (jax.tree.structure(state0),
-                                          tuple(jnp.shape(l) for l in leaves),
-                                          vec0.dtype))
-    return _Problem(flat_f, vec0, length, bool(homogeneous))
+                      f"{flat.dtype} state; cast inside step")
+    hom_static, hom = homogeneity(homogeneous, params)
+    return _Problem(flat, flat.ravel(state0), length, hom_static, hom)
+
+  @staticmethod
+  def key(key):
+    return as_key(key)
 
 
-class _FlatTransition:
-  """``f`` on the raveled state. Equal (so jit reuses its compilation) when
-  ``f`` and the state's structure, shapes and dtype are equal."""
-
-  def __init__(self, f, unravel, signature):
-    self.f, self.unravel, self.signature = f, unravel, signature
-
-  def __call__(self, v, x):
-    return ravel_pytree(self.f(self.unravel(v), x))[0]
-
-  def __eq__(self, other):
-    return (isinstance(other, _FlatTransition) and self.f == other.f
-            and self.signature == other.signature)
-
-  def __hash__(self):
-    return hash((self.f, self.signature))
+PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32",
+              "float32")
 
 
-def acc_dtype(dtype) -> jnp.dtype:
-  """Dtype for logs and norms: at least float32."""
-  return jnp.promote_types(dtype, jnp.float32)
+def check_precision(precision):
+  """``precision`` must be a name ``jax.default_matmul_precision`` takes."""
+  if not isinstance(precision, str) or precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {list(PRECISIONS)}, got "
+                     f"{precision!r}")
 
 
-def log_norm(v: jax.Array, axis=None) -> jax.Array:
-  """Scaled ``log ||v||`` in at least float32; -inf for zero, NaN/inf for a
-  non-finite ``v``."""
-  v = v.astype(acc_dtype(v.dtype))
-  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-  safe = jnp.where(m > 0, m, 1)
-  s = jnp.sum(jnp.square(v / safe), axis=axis, keepdims=True)
-  out = jnp.log(m) + 0.5 * jnp.log(jnp.where(m > 0, s, 1))
-  return jnp.squeeze(out, axis) if axis is not None else out.reshape(())
+def homogeneity(homogeneous, params):
+  """``(static, traced)``: a Python bool as is, or ``homogeneous(params)``
+  as a traced () bool (the static part ``None``)."""
+  if isinstance(homogeneous, (bool, np.bool_)):
+    return bool(homogeneous), None
+  if callable(homogeneous):
+    h = jnp.asarray(homogeneous(params))
+    if h.shape != () or h.dtype != jnp.bool_:
+      raise TypeError(f"homogeneous(params) must return a () bool, got "
+                      f"{h.dtype}{list(h.shape)}")
+    return None, h
+  raise TypeError("homogeneous must be a bool or a function params -> bool, "
+                  f"got {homogeneous!r}")
 
 
-def normalize(v: jax.Array, axis=None) -> tuple[jax.Array, jax.Array]:
-  """``(v / ||v||, log ||v||)``; a zero ``v`` stays zero (log -inf).
-
-  In float16/bfloat16 the rounded unit vector's norm differs from one by
-  ~1e-3; that error is folded into the returned log (measured against the
-  vector actually propagated), so it does not accumulate over steps.
-  """
-  ln = log_norm(v, axis)
-  scale = jnp.exp(jnp.expand_dims(ln, axis) if axis is not None else ln)
-  scale = jnp.where(scale > 0, scale, 1)
-  unit = (v.astype(ln.dtype) / scale).astype(v.dtype)
-  if jnp.dtype(v.dtype).itemsize < 4:
-    ln = ln - jnp.where(jnp.isfinite(ln), log_norm(unit, axis), 0)
-  return unit, ln
-
-
-def kahan_add(total, comp, x):
-  """Compensated summation (Kahan 1965): ``total + x`` with the rounding
-  error carried in ``comp``, so a float32 sum of thousands of per-step logs
-  stays accurate to a few ulps. Infinite terms pass through."""
-  y = x - comp
-  t = total + y
-  comp = jnp.where(jnp.isfinite(t), (t - total) - y, 0).astype(t.dtype)
-  return t, comp
+def as_key(key):
+  """A typed PRNG key from a key, raw ``uint32`` key data or an int seed."""
+  if isinstance(key, (bool, np.bool_)):
+    raise TypeError(f"key must be a PRNG key or an int seed, got {key!r}")
+  if isinstance(key, (int, np.integer)):
+    if not 0 <= int(key) < 2**63:
+      raise ValueError(f"key must be an int in [0, 2**63), got {key}")
+    return jax.random.key(int(key))
+  arr = key if isinstance(key, jax.Array) else np.asarray(key)
+  if jnp.issubdtype(arr.dtype, jax.dtypes.prng_key):
+    return key
+  if arr.dtype == np.uint32 and arr.shape == (2,):
+    return jax.random.wrap_key_data(jnp.asarray(arr))
+  raise TypeError("key must be a PRNG key (jax.random.key), raw uint32 key "
+                  f"data of shape (2,) or an int seed, got {arr.dtype}"
+                  f"{list(arr.shape)}")
 
 
-def overflow_index(log_state_norm: jax.Array) -> jax.Array:
-  """First index with a NaN or +inf state norm along axis 0, or -1."""
-  bad = ~(log_state_norm < jnp.inf)
-  return jnp.where(jnp.any(bad, 0), jnp.argmax(bad, 0), -1).astype(jnp.int32)
+# ------------------------------------------------------------ programs
 
 
-def _mask_after(values, overflow_step):
-  t = jnp.arange(values.shape[0]).reshape((-1,) + (1,) * (values.ndim - 1))
-  bad = (overflow_step >= 0) & (t >= overflow_step)
-  return jnp.where(bad, jnp.nan, values)
+def probe_normals(key, size, cols):
+  """The float32 ``N(0, 1)`` draws behind the probes, ``(cols, size)``
+  (drawn as ``(size, cols)`` columns)."""
+  return jax.random.normal(key, (size, cols), jnp.float32).T
 
 
-def _renormalize_state(h, homogeneous, log_scale):
-  """Returns ``(h, log_scale, log ||h_true||)``; a homogeneous state is
-  divided by its norm, whose log is summed in ``log_scale``, a
-  ``(total, compensation)`` pair."""
-  ln = log_norm(h)
-  if homogeneous:
-    h, _ = normalize(h)
-    log_scale = kahan_add(*log_scale, ln)
-    return h, log_scale, log_scale[0]
-  return h, log_scale, ln
+def _hom(hom_static, hom):
+  return hom_static if hom_static is not None else hom[None]
 
 
-def _is_float(x):
-  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+_STATIC = ("length", "hom_static", "precision")
 
 
-def _zero_scale(dtype):
-  return jnp.zeros((), dtype), jnp.zeros((), dtype)
-
-
-def probe_normals(key, n, cols):
-  """The float32 ``N(0, 1)`` draws behind ``_probe(key, n, cols, .)``; a
-  caller may draw them outside the engine's program and pass them as
-  ``key`` (``ex.sweep`` does: its scan program then holds no RNG)."""
-  return jax.random.normal(key, (n, cols), jnp.float32)
-
-
-def _probe(key, n, cols, dtype):
-  """Unit columns: drawn in float32 (every dtype sees the same probe), then
-  normalised in ``acc_dtype(dtype)`` and cast to ``dtype``. ``key`` is a
-  PRNG key or its ``probe_normals``."""
-  q = key if _is_float(key) else probe_normals(key, n, cols)
-  q = q.astype(acc_dtype(dtype))
-  return (q / jnp.linalg.norm(q, axis=0, keepdims=True)).astype(dtype)
-
-
-_static = ("f", "length", "probes", "homogeneous", "precision", "native")
-
-
-def _jvp_core(f, vec0, xs, key, length, probes, homogeneous, precision,
-              native, unroll=1):
-  """``unroll`` is ``lax.scan``'s (results are bit-identical)."""
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=_STATIC + ("probes", "native"))
+def _jvp_program(flat, params, vec0, xs, key, hom, *, length, probes,
+                 hom_static, precision, native):
   with jax.default_matmul_precision(precision):
-    acc = acc_dtype(vec0.dtype)
-    V = _probe(key, vec0.size, probes, vec0.dtype)
-
-    def advance(h, x, V):
-      h, lin = jax.linearize(lambda y: f(y, x), h)
-      return h, jax.vmap(lin, 1, 1)(V)
-
-    def body(carry, x):
-      h, V, scale, total, comp = carry
-      h, Vn = advance(h, x, V)
-      h, scale, lh = _renormalize_state(h, homogeneous, scale)
-      V, lg = normalize(Vn, axis=0)
-      total, comp = kahan_add(total, comp, lg)
-      return (h, V, scale, total, comp), (total, lh)
-
-    zeros = jnp.zeros(probes, acc)
-    init = (vec0, V, _zero_scale(acc), zeros, zeros)
-    _, (lg, lh) = jax.lax.scan(body, init, xs, length=length, unroll=unroll)
-    step = overflow_index(lh)
-    out = Growth(_mask_after(lg, step), lh, step)
+    V = _core.unit_probes(probe_normals(key, vec0.size, probes), vec0.dtype)
+    out = _core.propagate(_core.linearized_advance(flat, params, {}),
+                          vec0[None], V[None], xs, length=length,
+                          homogeneous=_hom(hom_static, hom))
+    g = Growth(out["log_growth"][:, 0], out["log_state_norm"][:, 0],
+               out["overflow_step"][0])
     if native:
       def nbody(carry, x):
         h, v = carry
-        h, v = jax.jvp(lambda y: f(y, x), (h,), (v,))
+        h, v = jax.jvp(lambda y: flat(params, y, x), (h,), (v,))
         return (h, v), _native_norm(v)
-      _, (nn, bad) = jax.lax.scan(nbody, (vec0, V[:, 0]), xs, length=length)
-      out = out._replace(native_norm=nn, native_invalid=bad)
-    return out
-
-
-_jvp_impl = jax.jit(_jvp_core, static_argnames=_static)
+      _, (nn, bad) = jax.lax.scan(nbody, (vec0, V[0]), xs, length=length)
+      g = g._replace(native_norm=nn, native_invalid=bad)
+    return g
 
 
 def _native_norm(v):
@@ -449,125 +381,114 @@ def _native_norm(v):
   return n, ~jnp.isfinite(n) | (n == 0)
 
 
-def _vjp_core(f, vec0, xs, key, length, homogeneous, precision, native):
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=_STATIC + ("native",))
+def _vjp_program(flat, params, vec0, xs, key, hom, *, length, hom_static,
+                 precision, native):
   with jax.default_matmul_precision(precision):
-    acc = acc_dtype(vec0.dtype)
-
-    def fwd(carry, x):
-      h, scale = carry
-      h_next, scale, lh = _renormalize_state(f(h, x), homogeneous, scale)
-      return (h_next, scale), (h, lh)
-
-    _, (hs, lh) = jax.lax.scan(fwd, (vec0, _zero_scale(acc)), xs,
-                               length=length)
-    u = _probe(key, vec0.size, 1, vec0.dtype)[:, 0]
-
-    def bwd(carry, hx):
-      u, total, comp = carry
-      h, x = hx
-      u = jax.vjp(lambda y: f(y, x), h)[1](u)[0]
-      u, lg = normalize(u)
-      total, comp = kahan_add(total, comp, lg)
-      return (u, total, comp), total
-
-    zero = jnp.zeros((), acc)
-    _, lg = jax.lax.scan(bwd, (u, zero, zero), (hs, xs), reverse=True)
-    step = overflow_index(lh)
-    out = Growth(jnp.where(step >= 0, jnp.nan, lg), lh, step)
+    fwd = _core.propagate(_core.linearized_advance(flat, params, {}),
+                          vec0[None], None, xs, length=length,
+                          homogeneous=_hom(hom_static, hom), keep_states=True)
+    U = _core.unit_probes(probe_normals(key, vec0.size, 1), vec0.dtype)
+    bwd = _core.propagate(_core.pullback_advance(flat, params, {}), None,
+                          U[None], (fwd["states"], xs), length=length,
+                          homogeneous=False, reverse=True)
+    step = fwd["overflow_step"][0]
+    lg = bwd["log_growth"][::-1, 0, 0]
+    g = Growth(jnp.where(step >= 0, jnp.nan, lg),
+               fwd["log_state_norm"][:, 0], step)
     if native:
       def nfwd(h, x):
-        return f(h, x), h
-      _, hs_native = jax.lax.scan(nfwd, vec0, xs, length=length)
+        return flat(params, h, x), h
+      _, hs = jax.lax.scan(nfwd, vec0, xs, length=length)
 
       def nbwd(u, hx):
         h, x = hx
-        u = jax.vjp(lambda y: f(y, x), h)[1](u)[0]
+        u = jax.vjp(lambda y: flat(params, y, x), h)[1](u)[0]
         return u, _native_norm(u)
-      _, (nn, bad) = jax.lax.scan(nbwd, u, (hs_native, xs), reverse=True)
-      out = out._replace(native_norm=nn, native_invalid=bad)
-    return out
+      _, (nn, bad) = jax.lax.scan(nbwd, U[0], (hs, xs), reverse=True)
+      g = g._replace(native_norm=nn[::-1], native_invalid=bad[::-1])
+    return g
 
 
-_vjp_impl = jax.jit(_vjp_core, static_argnames=_static[:2] + _static[3:])
+def initial_frame(normals, dtype):
+  """``(k, d)`` orthonormal rows from ``(k, d)`` float32 normals."""
+  acc = _core.acc_dtype(dtype)
+  q = _core.unit_probes(normals, acc)
+  return jnp.swapaxes(jnp.linalg.qr(jnp.swapaxes(q, -1, -2))[0], -1, -2)
 
 
-def _lyapunov_core(f, vec0, xs, key, length, k, homogeneous, precision):
+def order_spectrum(cum, length):
+  """``cum`` ``(T, ..., k)`` reordered largest final value first; returns
+  ``(exponents, cumulative)``."""
+  order = jnp.argsort(-jnp.nan_to_num(cum[-1], nan=-jnp.inf), axis=-1)
+  cum = jnp.take_along_axis(cum, order[None], axis=-1)
+  return cum[-1] / length, cum
+
+
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=_STATIC + ("k",))
+def _lyapunov_program(flat, params, vec0, xs, key, hom, *, length, k,
+                      hom_static, precision):
   with jax.default_matmul_precision(precision):
-    acc = acc_dtype(vec0.dtype)
-    Q = jnp.linalg.qr(_probe(key, vec0.size, k, acc))[0]
-
-    def body(carry, x):
-      h, Q, scale, total, comp = carry
-      h, lin = jax.linearize(lambda y: f(y, x), h)
-      JQ = jax.vmap(lin, 1, 1)(Q.astype(vec0.dtype))
-      h, scale, lh = _renormalize_state(h, homogeneous, scale)
-      Q, R = jnp.linalg.qr(JQ.astype(acc))
-      # An exact zero (a zero row of J) reads as the QR's resolution
-      # eps ||R||, not log 0: -inf only where J Q == 0 (see docstring).
-      d = jnp.abs(jnp.diagonal(R))
-      floor = jnp.log(jnp.finfo(acc).eps) + log_norm(R)
-      total, comp = kahan_add(total, comp,
-                              jnp.where(d == 0, floor, jnp.log(d)))
-      return (h, Q, scale, total, comp), (total, lh)
-
-    zeros = jnp.zeros(k, acc)
-    init = (vec0, Q, _zero_scale(acc), zeros, zeros)
-    _, (cum, lh) = jax.lax.scan(body, init, xs, length=length)
-    step = overflow_index(lh)
-    cum = _mask_after(cum, step)
-    order = jnp.argsort(-jnp.nan_to_num(cum[-1], nan=-jnp.inf))
-    cum = cum[:, order]
-    return LyapunovSpectrum(cum[-1] / length, cum, lh, step)
+    Q = initial_frame(probe_normals(key, vec0.size, k), vec0.dtype)
+    out = _core.propagate(_core.linearized_advance(flat, params, {}),
+                          vec0[None], Q[None], xs, length=length,
+                          homogeneous=_hom(hom_static, hom), tangent="qr")
+    exponents, cum = order_spectrum(out["log_growth"][:, 0], length)
+    return LyapunovSpectrum(exponents, cum, out["log_state_norm"][:, 0],
+                            out["overflow_step"][0])
 
 
-_lyapunov_impl = jax.jit(_lyapunov_core, static_argnames=(
-    "f", "length", "k", "homogeneous", "precision"))
-
-
-def _singular_core(f, vec0, xs, length, sweeps, homogeneous, precision):
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=_STATIC + ("sweeps",))
+def _singular_program(flat, params, vec0, xs, hom, *, length, sweeps,
+                      hom_static, precision):
   with jax.default_matmul_precision(precision):
-    acc = acc_dtype(vec0.dtype)
+    acc = _core.acc_dtype(vec0.dtype)
 
-    def fwd(carry, x):
-      h, scale = carry
-      J = jax.jacfwd(lambda y: f(y, x))(h).astype(acc)
-      h, scale, lh = _renormalize_state(f(h, x), homogeneous, scale)
-      return (h, scale), (J, lh)
+    def jac(H, V, x):
+      del V
+      f = lambda y: flat(params, y, x)
+      return jax.vmap(f)(H), jax.vmap(jax.jacfwd(f))(H).astype(acc)
 
-    _, (Js, lh) = jax.lax.scan(fwd, (vec0, _zero_scale(acc)), xs,
-                               length=length)
+    fwd = _core.propagate(lambda H, V, x: (jac(H, V, x)[0], None),
+                          vec0[None], None, xs, length=length,
+                          homogeneous=_hom(hom_static, hom), keep_states=True)
+    Js = jax.vmap(lambda h, x: jac(h, None, x)[1])(fwd["states"], xs)[:, 0]
 
     def qr_sweep(factors):
       def body(P, J):
         P, S = jnp.linalg.qr(J @ P)
         return P, S
-      eye = jnp.eye(vec0.size, dtype=acc)
-      _, S = jax.lax.scan(body, eye, factors)
+      _, S = jax.lax.scan(body, jnp.eye(vec0.size, dtype=acc), factors)
       return S
 
     def logs_of(S):
       return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(S, axis1=1, axis2=2))), 0)
 
+    def change_of(a, b):
+      # Exact zeros (-inf) that stay -inf have converged; one that appears
+      # or disappears has not.
+      same = (a == b) | (jnp.isneginf(a) & jnp.isneginf(b))
+      return jnp.max(jnp.where(same, 0, jnp.abs(a - b)))
+
     def more(carry):
       i, _, change = carry
-      return (i < sweeps) & (change > tol)
+      return (i < sweeps) & ~(change <= tol)
 
     def sweep_once(carry):
       i, S, _ = carry
       S_new = qr_sweep(jnp.swapaxes(S[::-1], 1, 2))
-      change = jnp.max(jnp.abs(logs_of(S_new) - logs_of(S)))
-      return i + 1, S_new, jnp.nan_to_num(change, nan=0.0)
+      return i + 1, S_new, change_of(logs_of(S_new), logs_of(S))
 
     # Stop once the log singular values move less than ~100 ulps of their
     # scale, or after ``sweeps``.
     S0 = qr_sweep(Js)
-    tol = 100 * jnp.finfo(acc).eps * (1 + jnp.max(jnp.abs(logs_of(S0))))
+    l0 = logs_of(S0)
+    scale = jnp.max(jnp.where(jnp.isfinite(l0), jnp.abs(l0), 0))
+    tol = 100 * jnp.finfo(acc).eps * (1 + scale)
     _, S, _ = jax.lax.while_loop(more, sweep_once,
                                  (1, S0, jnp.asarray(jnp.inf, acc)))
-    logs = logs_of(S)
-    logs = jnp.sort(logs)[::-1]
-    return jnp.where(overflow_index(lh) >= 0, jnp.nan, logs)
-
-
-_singular_impl = jax.jit(_singular_core, static_argnames=(
-    "f", "length", "sweeps", "homogeneous", "precision"))
+    logs = jnp.sort(logs_of(S))[::-1]
+    return jnp.where(fwd["overflow_step"][0] >= 0, jnp.nan, logs)

@@ -19,14 +19,15 @@ import json
 import os
 import tempfile
 import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
 
 __all__ = ["GradientMap"]
 
-_ARRAYS = ("log_growth", "log_state_norm", "overflow_step", "weight_scales",
-           "steps", "exponents")
+_ARRAYS = ("log_growth", "log_state_norm", "overflow_step", "steps",
+           "exponents")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,29 +35,43 @@ class GradientMap:
   """A measured growth map (numpy arrays, natural logs).
 
   Attributes:
-    log_growth: ``(n_scales, length, n_seeds)``. For ``method="jvp"`` index
-      t is ``log ||J_{t+1} .. J_1 v||``; for ``"vjp"`` it is the gradient
-      after ``t + 1`` steps of backprop (``log ||u J_T .. J_{T-t}||``); for
-      ``"lyapunov"`` the running sum of the largest exponent. NaN after the
-      forward state overflowed.
+    log_growth: ``(*grid_shape, length, n_seeds)``; index t holds t + 1
+      factors. For ``method="jvp"`` ``log ||J_{t+1} .. J_1 v||``; for
+      ``"vjp"`` the gradient after ``t + 1`` steps of backprop
+      (``log ||u J_T .. J_{T-t}||``); for ``"lyapunov"`` the running sum of
+      the largest exponent. NaN after the forward state overflowed.
     log_state_norm: same shape, ``log ||h_{t+1}||`` of the forward pass.
-    overflow_step: ``(n_scales, n_seeds)`` int, first overflowing step or -1.
-    weight_scales: ``(n_scales,)``; steps: ``(length,)`` = 1..length.
+    overflow_step: ``(*grid_shape, n_seeds)`` int, first overflowing step or
+      -1.
+    axes: knob name -> ``(n,)`` values, one per grid axis, in order.
+    steps: ``(length,)`` = 1..length.
     config: everything that produced the map (JSON-serialisable dict).
-    exponents: ``(n_scales, k, n_seeds)`` for ``method="lyapunov"``.
+    exponents: ``(*grid_shape, k, n_seeds)`` for ``method="lyapunov"``.
   """
 
   log_growth: np.ndarray
   log_state_norm: np.ndarray
   overflow_step: np.ndarray
-  weight_scales: np.ndarray
+  axes: dict[str, np.ndarray]
   steps: np.ndarray
   config: dict[str, Any]
   exponents: np.ndarray | None = None
 
   @property
-  def shape(self) -> tuple[int, int, int]:
+  def shape(self) -> tuple[int, ...]:
     return self.log_growth.shape
+
+  @property
+  def grid_shape(self) -> tuple[int, ...]:
+    return tuple(len(v) for v in self.axes.values())
+
+  @property
+  def weight_scales(self) -> np.ndarray:
+    """``axes["weight_scale"]``."""
+    if "weight_scale" not in self.axes:
+      raise AttributeError(f"this map has no weight_scale axis; axes: "
+                           f"{list(self.axes)}")
+    return self.axes["weight_scale"]
 
   def rate(self, burn_in: int | None = None) -> np.ndarray:
     """Mean growth per step: the least-squares slope of ``log_growth``
@@ -65,70 +80,105 @@ class GradientMap:
 
     Only finite values enter a seed's fit (its values before an overflow);
     a seed whose window holds an exact zero product (-inf) has rate -inf.
+    A map of length 1 has the one-step growth as its rate.
 
     Returns:
-      ``(n_scales,)`` float64; NaN where no seed has two finite points.
+      ``grid_shape`` float64; NaN where no seed has two finite points.
     """
-    T = self.log_growth.shape[1]
+    T = self.log_growth.shape[-2]
+    if T == 1:
+      return np.mean(np.asarray(self.log_growth[..., 0, :], np.float64), -1)
     burn_in = T // 4 if burn_in is None else int(burn_in)
     if not 0 <= burn_in <= T - 2:
       raise ValueError(f"burn_in must be in [0, {T - 2}], got {burn_in}")
-    y = np.asarray(self.log_growth[:, burn_in:, :], np.float64)
-    x = np.asarray(self.steps[burn_in:], np.float64)[None, :, None]
+    y = np.asarray(self.log_growth[..., burn_in:, :], np.float64)
+    x = np.asarray(self.steps[burn_in:], np.float64)[:, None]
     ok = np.isfinite(y)
-    n = ok.sum(1)
-    w = ok.astype(np.float64)
+    n = ok.sum(-2)
     with np.errstate(invalid="ignore", divide="ignore"):
-      xm = (w * x).sum(1) / n
-      ym = np.where(ok, y, 0).sum(1) / n
-      dx = np.where(ok, x - xm[:, None], 0)
-      slope = (dx * np.where(ok, y - ym[:, None], 0)).sum(1) / (dx**2).sum(1)
+      xm = np.where(ok, x, 0).sum(-2) / n
+      ym = np.where(ok, y, 0).sum(-2) / n
+      dx = np.where(ok, x - xm[..., None, :], 0)
+      slope = ((dx * np.where(ok, y - ym[..., None, :], 0)).sum(-2)
+               / (dx**2).sum(-2))
     slope = np.where(n >= 2, slope, np.nan)
-    slope = np.where(np.any(y == -np.inf, axis=1), -np.inf, slope)
+    slope = np.where(np.any(y == -np.inf, axis=-2), -np.inf, slope)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)
-      return np.nanmean(slope, axis=1)
+      return np.nanmean(slope, axis=-1)
 
-  def critical_scale(self, burn_in: int | None = None) -> float:
-    """The weight scale where ``rate()`` first crosses zero from below,
-    linearly interpolated between grid scales; NaN if it never does."""
-    r = self.rate(burn_in)
-    g = np.asarray(self.weight_scales, np.float64)
-    for i in range(len(r) - 1):
-      a, b = r[i], r[i + 1]
-      if np.isnan(a) or np.isnan(b) or not (a < 0 <= b):
-        continue
-      if np.isinf(a):
-        return float(g[i + 1])
-      return float(g[i] + (g[i + 1] - g[i]) * (-a) / (b - a))
-    return float("nan")
+  def critical_scale(self, axis: str = "weight_scale",
+                     burn_in: int | None = None) -> float | np.ndarray:
+    """Where ``rate()`` first crosses zero from below along ``axis``
+    (increasing knob values), linearly interpolated between grid values;
+    NaN where it never does.
+
+    Returns:
+      A float for a 1-axis map; else an array over the other axes (e.g.
+      the critical weight scale at each bias scale: the critical line).
+    """
+    if axis not in self.axes:
+      raise ValueError(f"axis must be one of {list(self.axes)}, got {axis!r}")
+    i = list(self.axes).index(axis)
+    g = np.asarray(self.axes[axis], np.float64)
+    order = np.argsort(g, kind="stable")
+    r = np.moveaxis(self.rate(burn_in), i, -1)[..., order]
+    out = np.apply_along_axis(_first_crossing, -1, r, g[order])
+    return float(out) if out.ndim == 0 else out
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes one ``.npz`` (arrays + JSON config), atomically."""
     arrays = {k: getattr(self, k) for k in _ARRAYS
               if getattr(self, k) is not None}
-    arrays["config_json"] = np.array(json.dumps(self.config, sort_keys=True))
+    for i, (name, values) in enumerate(self.axes.items()):
+      arrays[f"axis{i}"] = np.asarray(values)
+    meta = {"config": self.config, "axes": list(self.axes)}
+    arrays["meta_json"] = np.array(json.dumps(meta, sort_keys=True))
     save_npz_atomic(path, arrays)
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "GradientMap":
     """Reads a map written by ``save``; warns if another package version
-    wrote it."""
+    wrote it; ``ValueError`` for a file that is not a saved map."""
     from exploding import __version__
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in _ARRAYS if k in f.files}
-      config = json.loads(str(f["config_json"]))
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        files = set(getattr(f, "files", ()))
+        missing = {"log_growth", "log_state_norm", "overflow_step", "steps",
+                   "meta_json"} - files
+        if missing:
+          raise ValueError(f"{path} is not a saved GradientMap (missing "
+                           f"{sorted(missing)})")
+        meta = json.loads(str(f["meta_json"]))
+        arrays = {k: f[k] for k in _ARRAYS if k in files}
+        axes = {name: f[f"axis{i}"] for i, name in enumerate(meta["axes"])}
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError,
+            json.JSONDecodeError) as e:
+      raise ValueError(f"{path} is not a readable GradientMap: {e}") from None
+    config = meta["config"]
     if config.get("version") != __version__:
       warnings.warn(f"{path} was written by exploding "
                     f"{config.get('version')}, this is {__version__}",
                     UserWarning, stacklevel=2)
-    return cls(config=config, **arrays)
+    return cls(config=config, axes=axes, **arrays)
 
   def __repr__(self) -> str:
     c = self.config
+    axes = ", ".join(f"{k} {np.min(v):g}..{np.max(v):g}"
+                     for k, v in self.axes.items())
     return (f"GradientMap({c.get('model')}, method={c.get('method')}, "
-            f"shape={self.shape}, scales {self.weight_scales.min():g}.."
-            f"{self.weight_scales.max():g})")
+            f"shape={self.shape}, {axes})")
+
+
+def _first_crossing(r, g):
+  for i in range(len(r) - 1):
+    a, b = r[i], r[i + 1]
+    if np.isnan(a) or np.isnan(b) or not (a < 0 <= b):
+      continue
+    if np.isinf(a):
+      return g[i + 1]
+    return g[i] + (g[i + 1] - g[i]) * (-a) / (b - a)
+  return np.nan
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:

@@ -1,19 +1,23 @@
-"""Sweeps: growth maps over weight scale x steps x seed in one program.
+"""Sweeps: growth maps of any Model over a grid of knobs x steps x seeds.
 
-For each seed the model's unit-scale matrices ``W0``, the initial state and
-the probe are drawn once from ``fold_in(key, seed)``, in a small program of
-their own; every weight scale of the grid shares them. The transition
-multiplies the scale after the matmul, ``g * (W0 @ h)``, so ``vmap`` over
-scales turns the per-point matvecs into one GEMM per step (for the RNN's
-forward mode, states and tangents of every scale are the rows of a single
-GEMM), and the engine's single ``lax.scan`` yields every prefix length
-1..T at once: one compilation per configuration, none per length.
+A grid maps knob names (top-level scalar leaves of the model's params:
+``weight_scale``, ``bias_scale``, ``forget_bias``, or a user's own) to 1-D
+values; its points are their Cartesian product. For each seed the params
+(unit draws), the initial state and the probe are drawn once from
+``fold_in(key, seed)``, in a small program of their own, and every grid
+point shares them: a point is the seed's params with its knob values set.
+Knobs multiply after the matmul (``g * (W0 @ h)``), so ``vmap`` over the
+points turns their matvecs into one GEMM per step, and the engine's single
+``lax.scan`` yields every prefix length 1..T at once: one compilation per
+configuration, none per grid value or params value.
 
-The scale axis is split into chunks (bounded memory, one file each in the
+The points are split into chunks (bounded memory, one file each in the
 cache, a unit of resumption) and each chunk is sharded over every visible
 device with ``shard_map`` on a 1-D mesh, padded to a multiple of the device
-count. Any device count gives the same numbers (each grid point's program
-is the same; only where it runs changes).
+count. Each point's arithmetic is the same wherever it runs; GEMM blocking
+depends on the per-device batch, so maps agree to float32 rounding across
+device counts and chunk sizes (exactly where the dynamics contract; only
+statistically in the chaotic regime, where rounding differences grow).
 
 On a multi-core CPU, expose one XLA host device per core before jax starts:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` (the CLI and
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -32,62 +37,67 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import tqdm.auto as tqdm
 
-from exploding import _validation, activations, jacobian
-from exploding.activations import ACTIVATIONS
+from exploding import _core, _validation, jacobian
 from exploding.maps import GradientMap, save_npz_atomic
-from exploding.models import lstm, mlp, rnn
+from exploding.models import Model, lstm, mlp, rnn
 
 __all__ = ["sweep", "MODELS", "METHODS"]
 
 MODELS = ("rnn", "lstm", "mlp")
 METHODS = ("jvp", "vjp", "lyapunov")
 _MEMORY_BUDGET = 1 << 30   # bytes per chunk, for the default chunk_size
-_UNROLL = 4   # generic paths' lax.scan unroll: 1.2-1.3x faster on CPU
+_UNROLL = 4   # generic path's lax.scan unroll: 1.2-1.3x faster on XLA CPU
+_KNOB_RANGES = {"weight_scale": "positive", "bias_scale": "nonnegative"}
 
 
-def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
-          hidden: int | None = None, activation: str = "tanh",
-          bias_scale: float = 0.0, init: str = "gaussian",
-          method: str = "jvp", key: Any = 0, dtype: Any = None,
-          state0: Any = None, inputs: Any = None, k: int = 1,
-          chunk_size: int | None = None, cache_dir: str | None = None,
-          progress: bool = True, precision: str = "highest",
-          **model_kwargs) -> GradientMap:
-  """Measures Jacobian-product growth on a grid of weight scales and seeds.
+def sweep(model: Model | str, *, grid: dict[str, Any] | None = None,
+          length: int, seeds: int = 8, method: str = "jvp", key: Any = 0,
+          inputs: Any = None, dtype: Any = None, state0: Any = None,
+          k: int = 1, chunk_size: int | None = None,
+          cache_dir: str | os.PathLike | None = None, progress: bool = True,
+          precision: str = "highest", weight_scales: Any = None,
+          **settings) -> GradientMap:
+  """Measures Jacobian-product growth over a grid of knobs and seeds.
 
   Args:
-    model: ``"rnn"``, ``"lstm"`` or ``"mlp"`` (for ``"mlp"``, ``length`` is
-      the depth and the state is a batch: ``width=``, ``batch=`` (default
-      ``hidden`` and 16), ``batchnorm=``, ``residual=``; ``"lstm"`` takes
-      ``forget_bias=``; ``"rnn"``/``"lstm"`` take ``input_size=``).
-    weight_scales: 1-D positive scales (sigma_w).
-    length: T (steps, or layers for an MLP), >= 1.
-    seeds: number of seeds, >= 1; seed s uses ``fold_in(key, s)``.
-    hidden: state size (default 128; ``width`` for an MLP).
-    activation, bias_scale, init: as in the models.
+    model: a ``Model``, or ``"rnn"``/``"lstm"``/``"mlp"`` with the built-in
+      model's settings as keywords (``hidden``, ``activation``, ``init``,
+      ``input_size``, ``bias_scale``; ``forget_bias`` for ``"lstm"``;
+      ``width``, ``batch``, ``batchnorm``, ``residual`` for ``"mlp"``,
+      whose depth is ``length``).
+    grid: knob name -> 1-D values, e.g. ``{"weight_scale": gs,
+      "bias_scale": bs}``; the map has one axis per name, in this order.
+    length: T, steps (layers for an MLP), >= 1.
+    seeds: number of seeds, >= 1; seed s draws from ``fold_in(key, s)``.
     method: ``"jvp"`` (forward, all prefixes), ``"vjp"`` (backprop, all
       lags) or ``"lyapunov"`` (``k`` exponents by QR).
     key: int seed or PRNG key.
-    dtype: computation dtype (``None``: default float).
-    state0: an initial state shared by all seeds (default: ``N(0, 1)`` per
-      entry, drawn per seed).
-    inputs: ``None`` (zero input), ``"gaussian"`` (i.i.d. ``N(0, 1)`` per
-      step, per seed; needs ``input_size``) or a ``(T, input_size)`` array.
-    chunk_size: grid points (scales x seeds) per compiled call; the default
-      keeps a chunk's working set near 1 GiB.
-    cache_dir: store each finished chunk there (atomic writes); a rerun of
-      the same configuration reuses them, so an interrupted sweep resumes.
+    inputs: ``None`` (the model's own: none, or an MLP's layers),
+      ``"gaussian"`` (i.i.d. ``N(0, 1)`` per step and seed, of the model's
+      ``input_shape``) or an array with leading axis ``length`` shared by
+      all seeds. Given inputs turn homogeneous renormalisation off.
+    dtype: computation dtype (``None``: default float); params, states and
+      inputs are cast to it.
+    state0: an initial state shared by all seeds (default: the model's
+      ``state0``, drawn per seed).
+    k: number of Lyapunov exponents.
+    chunk_size: grid points x seeds per compiled call; the default keeps a
+      chunk's working set near 1 GiB.
+    cache_dir: store each finished chunk there (atomic writes, keyed by the
+      configuration and the package's source); a rerun reuses them, so an
+      interrupted sweep resumes.
     progress: a tqdm bar over chunks (shown on a terminal).
     precision: matmul precision inside the engine.
+    weight_scales: shorthand for ``grid={"weight_scale": weight_scales}``.
+    **settings: the built-in model's settings (string ``model`` only).
 
   Returns:
-    A ``GradientMap`` with ``log_growth`` of shape
-    ``(n_scales, length, seeds)``.
+    A ``GradientMap``: ``log_growth`` ``(*grid_shape, length, seeds)``,
+    ``axes`` name -> values.
 
   Example:
     >>> import exploding as ex
@@ -96,262 +106,341 @@ def sweep(model: str, *, weight_scales: Any, length: int, seeds: int = 8,
     >>> m.log_growth.shape
     (3, 64, 2)
   """
-  spec = _Spec.make(model, weight_scales, length, seeds, hidden, activation,
-                    bias_scale, init, method, key, dtype, state0, inputs, k,
-                    precision, model_kwargs)
-  devices = _devices(spec)
-  n_dev = len(devices)
-  per_chunk = _scales_per_chunk(spec, chunk_size, n_dev)
-  gs = spec.weight_scales
-  n_chunks = math.ceil(len(gs) / per_chunk)
-  padded = np.concatenate([gs, np.full(n_chunks * per_chunk - len(gs), gs[-1])])
-  run = _compiled(spec.static, tuple(devices), _compiler_options())
+  spec = _Spec.make(model, grid, weight_scales, length, seeds, method, key,
+                    inputs, dtype, state0, k, precision, settings)
+  devices = tuple(_devices(spec))
+  per_chunk = _points_per_chunk(spec, chunk_size, len(devices))
+  points = spec.points
+  n_points = len(next(iter(points.values())))
+  n_chunks = math.ceil(n_points / per_chunk)
+  pad = n_chunks * per_chunk - n_points
+  padded = {k: np.concatenate([v, np.full(pad, v[-1])])
+            for k, v in points.items()}
+  if cache_dir is not None:
+    cache_dir = _validation.check_writable_dir("cache_dir", cache_dir)
+  run = _scan_program(spec.model, spec.static, devices, _compiler_options())
   draws = None
   parts = []
-  for c in tqdm.trange(n_chunks, desc=f"sweep {model}", unit="chunk",
-                       disable=None if progress else True, leave=False):
-    chunk = padded[c * per_chunk:(c + 1) * per_chunk]
+  for c in tqdm.trange(n_chunks, desc=f"sweep {spec.model.name}",
+                       unit="chunk", disable=None if progress else True,
+                       leave=False):
+    chunk = {k: v[c * per_chunk:(c + 1) * per_chunk]
+             for k, v in padded.items()}
     path = _chunk_path(cache_dir, spec, chunk)
-    part = _read_chunk(path)
+    part = _read_chunk(path, spec, per_chunk)
     if part is None:
       if draws is None:
-        draws = _draw_program(_draw_static(spec.static), tuple(devices),
-                              _compiler_options())(_key_data(spec.key))
-      part = run(draws, _device_put(chunk.astype(spec.dtype), devices),
-                 spec.state0, spec.xs)
+        draws = _draws(spec, devices)
+      part = run(draws, {k: _device_put(v.astype(spec.dtype), devices)
+                         for k, v in chunk.items()}, spec.state0, spec.xs)
       part = {k: _to_numpy(v) for k, v in part.items()}
       if path is not None:
-        save_npz_atomic(path, {**part, "chunk_hash": np.array(_hash(
-            spec.hash_config, chunk))})
+        save_npz_atomic(path, {**part, "chunk_hash": np.array(
+            _hash(spec.hash_config, *_chunk_arrays(chunk)))})
     parts.append(part)
-  out = {k: np.concatenate([p[k] for p in parts], axis=1)[:, :len(gs)]
+  out = {k: np.concatenate([p[k] for p in parts], axis=1)[:, :n_points]
          for k in parts[0]}
-  return _to_map(spec, out)
+  return _to_map(spec, out, len(devices))
 
 
-# ------------------------------------------------------------- the program
+# ------------------------------------------------------------ the spec
 
 
 class _Spec:
   """A validated sweep configuration."""
 
   @staticmethod
-  def make(model, weight_scales, length, seeds, hidden, activation,
-           bias_scale, init, method, key, dtype, state0, inputs, k,
-           precision, model_kwargs):
+  def make(model, grid, weight_scales, length, seeds, method, key, inputs,
+           dtype, state0, k, precision, settings):
     s = _Spec()
-    _validation.check_choice("model", model, MODELS)
     _validation.check_choice("method", method, METHODS)
-    _validation.check_choice("activation", activation, ACTIVATIONS)
-    _validation.check_choice("init", init, ("gaussian", "orthogonal",
-                                            "identity"))
-    gs = np.atleast_1d(np.asarray(weight_scales, np.float64))
-    if gs.ndim != 1 or gs.size < 1:
-      raise ValueError("weight_scales must be a non-empty 1-D sequence")
-    _validation.check_positive("weight_scales", gs)
-    _validation.check_nonnegative("bias_scale", bias_scale)
-    length = _validation.check_int("length", length, 1)
-    seeds = _validation.check_int("seeds", seeds, 1)
-    kw = dict(model_kwargs)
-    if model == "mlp":
-      width = kw.pop("width", hidden if hidden is not None else 128)
-      hidden = _validation.check_int("width", width, 1)
-      kw["batch"] = _validation.check_int("batch", kw.get("batch", 16), 1)
-      kw["batchnorm"] = bool(kw.get("batchnorm", False))
-      kw["residual"] = bool(kw.get("residual", False))
-      if kw["batchnorm"] and kw["batch"] < 2:
-        raise ValueError("batch must be >= 2 with batchnorm")
-      allowed = {"batch", "batchnorm", "residual"}
-    else:
-      hidden = _validation.check_int("hidden", 128 if hidden is None
-                                     else hidden, 1)
-      kw["input_size"] = _validation.check_int(
-          "input_size", kw.get("input_size", 0), 0)
-      allowed = {"input_size"}
-      if model == "lstm":
-        kw["forget_bias"] = float(kw.get("forget_bias", 1.0))
-        allowed.add("forget_bias")
-    unknown = set(kw) - allowed
-    if unknown:
-      raise TypeError(f"unknown arguments for model {model!r}: "
-                      f"{sorted(unknown)}; allowed {sorted(allowed)}")
-    k = _validation.check_int("k", k, 1)
+    jacobian.check_precision(precision)
+    s.length = _validation.check_int("length", length, 1)
+    s.seeds = _validation.check_int("seeds", seeds, 1)
+    s.k = _validation.check_int("k", k, 1)
     s.dtype = _validation.float_dtype(dtype)
-    s.weight_scales, s.key, s.method = gs, key, method
+    if s.dtype == jnp.float64 and not jax.config.jax_enable_x64:
+      raise ValueError("dtype float64 needs jax_enable_x64 (e.g. "
+                       "jax.config.update('jax_enable_x64', True)); without "
+                       "it jax computes in float32")
+    s.method, s.key = method, jacobian.as_key(key)
+    s.model = _builtin(model, settings, s.length, s.dtype)
+    p_shape = jax.eval_shape(s.model.init, jax.random.key(0))
+    s.axes = _grid(grid, weight_scales, p_shape, s.dtype)
+    mesh = np.meshgrid(*s.axes.values(), indexing="ij")
+    s.points = {k: m.ravel() for k, m in zip(s.axes, mesh)}
     s.state0 = None if state0 is None else jax.tree.map(
         lambda a: jnp.asarray(a, s.dtype), state0)
     _validation.check_finite("state0", s.state0)
-    s.xs, input_kind = _inputs(model, inputs, length, kw, s.dtype)
-    s.static = (model, method, length, seeds, hidden, activation,
-                float(bias_scale), init, str(s.dtype), k, precision,
-                input_kind, s.state0 is not None, tuple(sorted(kw.items())))
-    s.config = dict(model=model, method=method, length=length, seeds=seeds,
-                    hidden=hidden, activation=activation,
-                    bias_scale=float(bias_scale), init=init,
-                    dtype=str(s.dtype), k=k, precision=precision,
-                    inputs=input_kind, key=_key_list(key),
-                    weight_scales=gs.tolist(), **kw)
+    s0_shape = jax.eval_shape(s.model.state0, jax.random.key(0))
+    if s.state0 is not None and (
+        jax.tree.structure(s.state0) != jax.tree.structure(s0_shape) or
+        [a.shape for a in jax.tree.leaves(s.state0)] !=
+        [a.shape for a in jax.tree.leaves(s0_shape)]):
+      raise ValueError("state0 must have the model's state structure and "
+                       f"shapes {jax.tree.map(lambda a: a.shape, s0_shape)}, "
+                       f"got {jax.tree.map(jnp.shape, s.state0)}")
+    s.state_size = sum(int(np.prod(a.shape, dtype=int))
+                       for a in jax.tree.leaves(s0_shape))
+    if method == "lyapunov" and s.k > s.state_size:
+      raise ValueError(f"k must be <= the state size {s.state_size}, got "
+                       f"{s.k}")
+    s.xs, s.input_kind = _inputs(s.model, inputs, s.length, s.dtype)
+    fused = s.model.advance is not None and method in ("jvp", "lyapunov")
+    s.static = (s.length, s.seeds, method, s.k, precision, str(s.dtype),
+                s.input_kind, s.state0 is not None, tuple(s.axes), fused)
+    s.config = dict(s.model.settings, model=s.model.name, method=method,
+                    length=s.length, seeds=s.seeds, dtype=str(s.dtype),
+                    k=s.k, precision=precision, inputs=s.input_kind,
+                    key=np.asarray(jax.random.key_data(s.key)).tolist(),
+                    grid={k: v.tolist() for k, v in s.axes.items()})
     if s.state0 is not None:
       s.config["state0_sha"] = _hash(*map(np.asarray,
                                           jax.tree.leaves(s.state0)))
-    if s.xs is not None and input_kind == "array":
-      s.config["inputs_sha"] = _hash(np.asarray(s.xs))
-    from exploding import __version__
-    s.hash_config = {**s.config, "version": __version__}
-    s.hash_config.pop("weight_scales")
-    s.state_size = _state_size(model, hidden, kw)
-    _check_state0(s, model, hidden, kw)
+    if s.input_kind == "array":
+      s.config["inputs_sha"] = _hash(*map(np.asarray, jax.tree.leaves(s.xs)))
+    s.hash_config = {**s.config, "source": _source_fingerprint(s.model)}
+    s.hash_config.pop("grid")
+    _check_size(s)
     return s
 
 
-def _inputs(model, inputs, length, kw, dtype):
+def _builtin(model, settings, length, dtype):
+  """A Model, or the built-in one named by ``model`` with ``settings``."""
+  if isinstance(model, Model):
+    if settings:
+      raise TypeError(f"settings {sorted(settings)} apply to the built-in "
+                      "models only; a Model carries its own")
+    return model
+  _validation.check_choice("model", model, MODELS)
+  kw = dict(settings)
   if model == "mlp":
-    if inputs is not None:
-      raise ValueError("inputs is not used by model='mlp'")
-    return None, "none"
-  n_in = kw["input_size"]
+    width = kw.pop("width", kw.pop("hidden", 128))
+    allowed = ("batch", "activation", "init", "batchnorm", "residual",
+               "bias_scale")
+  else:
+    width = kw.pop("hidden", 128)
+    allowed = ("activation", "init", "input_size", "bias_scale")
+    if model == "lstm":
+      allowed = ("init", "input_size", "bias_scale", "forget_bias")
+  unknown = sorted(set(kw) - set(allowed))
+  if unknown:
+    raise TypeError(f"unknown settings for model {model!r}: {unknown}; "
+                    f"allowed {sorted(allowed + ('hidden',))}")
+  if "bias_scale" in kw:
+    _validation.check_nonnegative("bias_scale", kw["bias_scale"])
+    kw["bias_scale"] = float(kw["bias_scale"])
+  if "forget_bias" in kw:
+    _validation.check_finite("forget_bias", np.asarray(kw["forget_bias"],
+                                                       float))
+    kw["forget_bias"] = float(kw["forget_bias"])
+  if model == "mlp":
+    return mlp.model(width, length, dtype=dtype, **kw)
+  return {"rnn": rnn.model, "lstm": lstm.model}[model](width, dtype=dtype,
+                                                       **kw)
+
+
+def _grid(grid, weight_scales, p_shape, dtype):
+  """name -> 1-D float64 values, checked against the params' knobs."""
+  if weight_scales is not None:
+    if grid is not None:
+      raise TypeError("give grid or weight_scales, not both")
+    grid = {"weight_scale": weight_scales}
+  if not isinstance(grid, dict) or not grid:
+    raise ValueError("grid must be a non-empty dict knob name -> 1-D values "
+                     "(or give weight_scales=)")
+  knobs = _core.knob_leaves(p_shape)
+  axes = {}
+  for name, values in grid.items():
+    if name not in knobs:
+      raise ValueError(f"grid knob {name!r} is not a scalar float leaf of "
+                       f"the model's params; knobs: {sorted(knobs)}")
+    v = np.asarray(values)
+    if v.dtype.kind not in "fiu" or v.dtype == bool:
+      raise TypeError(f"grid[{name!r}] must be real numbers, got {v.dtype}")
+    v = np.atleast_1d(v.astype(np.float64))
+    if v.ndim != 1 or v.size < 1:
+      raise ValueError(f"grid[{name!r}] must be a non-empty 1-D sequence")
+    rule = _KNOB_RANGES.get(name)
+    if rule == "positive":
+      _validation.check_positive(f"grid[{name!r}]", v)
+    elif rule == "nonnegative":
+      _validation.check_nonnegative(f"grid[{name!r}]", v)
+    else:
+      _validation.check_finite(f"grid[{name!r}]", v)
+    cast = v.astype(dtype)
+    if not np.all(np.isfinite(cast)) or np.any((cast == 0) & (v != 0)):
+      raise ValueError(f"grid[{name!r}] has values not representable in "
+                       f"{dtype} (overflow to inf or underflow to 0): "
+                       f"{v[~np.isfinite(cast) | ((cast == 0) & (v != 0))]}")
+    axes[name] = v
+  return axes
+
+
+def _inputs(model, inputs, length, dtype):
+  """``(shared xs or None, kind)``; kind is none/model/gaussian/array."""
   if inputs is None:
-    return (None, "none") if n_in == 0 else (
-        jnp.zeros((length, n_in), dtype), "zeros")
+    return None, "none" if model.inputs is None else "model"
   if isinstance(inputs, str):
     _validation.check_choice("inputs", inputs, ("gaussian",))
-    if n_in < 1:
-      raise ValueError("inputs='gaussian' needs input_size >= 1")
+    if model.input_shape is None:
+      raise ValueError("inputs='gaussian' needs a model that takes inputs "
+                       "(input_size >= 1, or Model.input_shape)")
     return None, "gaussian"
-  xs = jnp.asarray(inputs, dtype)
-  if xs.shape != (length, n_in):
-    raise ValueError(f"inputs must have shape (length, input_size) = "
-                     f"{(length, n_in)}, got {xs.shape}")
+  xs = jax.tree.map(lambda a: jnp.asarray(a, dtype), inputs)
+  for leaf in jax.tree.leaves(xs):
+    want = (length,) + (tuple(model.input_shape) if model.input_shape
+                        else leaf.shape[1:])
+    if leaf.shape != want:
+      raise ValueError(f"inputs must have shape (length, *input_shape) = "
+                       f"{want}, got {leaf.shape}")
   _validation.check_finite("inputs", xs)
   return xs, "array"
 
 
-def _state_size(model, hidden, kw):
-  return {"rnn": hidden, "lstm": 2 * hidden,
-          "mlp": hidden * kw.get("batch", 1)}[model]
+def _source_fingerprint(model):
+  """What the cache key knows of the code: the package's source files and
+  the model's functions (their source where inspect finds it)."""
+  parts = [_package_source_hash()]
+  for fn in (model.init, model.step, model.state0, model.homogeneous,
+             model.inputs, model.advance):
+    fn = getattr(fn, "func", fn)
+    try:
+      parts.append(inspect.getsource(fn))
+    except (TypeError, OSError):
+      parts.append(repr(fn) if not callable(fn) else
+                   getattr(fn, "__qualname__", type(fn).__name__))
+  return _hash(*parts)
 
 
-def _check_state0(s, model, hidden, kw):
-  if s.state0 is None:
+@functools.lru_cache(maxsize=1)
+def _package_source_hash():
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for name in sorted(files):
+      if name.endswith(".py"):
+        with open(os.path.join(folder, name), "rb") as fh:
+          h.update(name.encode() + fh.read())
+  return h.hexdigest()
+
+
+def _check_size(s):
+  """Refuses a map that cannot fit in host memory, before any work."""
+  n_points = math.prod(len(v) for v in s.axes.values())
+  values = n_points * s.seeds * (s.length * 2 + 1 + s.k)
+  need = 4 * values
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
     return
-  want = {"rnn": [(hidden,)], "lstm": [(hidden,), (hidden,)],
-          "mlp": [(kw.get("batch"), hidden)]}[model]
-  got = [a.shape for a in jax.tree.leaves(s.state0)]
-  if got != want:
-    raise ValueError(f"state0 must have shapes {want} for model {model!r}, "
-                     f"got {got}")
+  if need > 0.8 * have:
+    raise MemoryError(
+        f"the map needs {need / 2**30:.1f} GiB of host memory "
+        f"({n_points} grid points x {s.length} steps x {s.seeds} seeds), "
+        f"this machine has {have / 2**30:.1f} GiB: use fewer points, steps "
+        "or seeds, or split the grid over several sweeps with cache_dir")
 
 
-def _scales_per_chunk(spec, chunk_size, n_dev):
-  seeds = spec.static[3]
+# ------------------------------------------------------------- the program
+
+
+def _points_per_chunk(spec, chunk_size, n_dev):
+  n_points = len(next(iter(spec.points.values())))
   if chunk_size is None:
-    T, n = spec.static[2], spec.state_size
+    T, n = spec.length, spec.state_size
     per_point = 8 * T * 3 + 4 * n * 8
     if spec.method == "vjp":
       per_point += 4 * T * n * 3
     if spec.method == "lyapunov":
-      per_point += 4 * n * spec.static[9] * 6
+      per_point += 4 * n * spec.k * 6
     chunk_size = max(1, _MEMORY_BUDGET // per_point)
   chunk_size = _validation.check_int("chunk_size", chunk_size, 1)
-  per = max(1, chunk_size // seeds)
-  per = min(per, len(spec.weight_scales))
+  per = min(max(1, chunk_size // spec.seeds), n_points)
   return math.ceil(per / n_dev) * n_dev
 
 
 def _devices(spec):
   """Every device, except: XLA on CPU with several host devices hangs on
   programs that call LAPACK's QR inside the sharded scan (measured here:
-  Lyapunov sweeps and orthogonal init at hidden >= 32, jax 0.10), so those
-  run on one CPU device."""
+  Lyapunov sweeps, jax 0.10), so those run on one CPU device."""
   devices = jax.devices()
-  uses_qr = spec.method == "lyapunov" or spec.static[7] == "orthogonal"
-  if uses_qr and jax.default_backend() == "cpu":
+  if spec.method == "lyapunov" and jax.default_backend() == "cpu":
     return devices[:1]
   return devices
 
 
 def _compiler_options():
   """XLA CPU at backend optimisation level 1: compiles the sweep's programs
-  about 2x faster (threefry's unrolled rounds dominate) at the same run
-  time (``benchmarks/``); other backends keep their defaults."""
+  about 2x faster at the same run time (``benchmarks/``); other backends
+  keep their defaults."""
   if jax.default_backend() == "cpu":
     return (("xla_backend_optimization_level", 1),)
   return ()
 
 
-@functools.lru_cache(maxsize=64)
-def _draw_program(static, devices, options):
-  """Draws every seed's parameters, state, probe and inputs, replicated on
-  every device: a small program, apart from the scan so that the scan's
-  program holds no RNG (threefry is most of XLA CPU's compile time) and so
-  that sweeps differing only in ``length`` or method share it."""
+def _draws(spec, devices):
+  """Every seed's draws, computed on one device (QR-based initialisers hang
+  XLA CPU across host devices), then replicated on the mesh."""
+  program = _draw_program(spec.model, _draw_static(spec), _compiler_options())
+  with jax.default_device(devices[0]):
+    draws = program(jax.random.key_data(spec.key))
   mesh = Mesh(np.array(devices), ("grid",))
-  seeds = static[3]
+  return jax.device_put(draws, NamedSharding(mesh, P()))
+
+
+def _draw_static(spec):
+  kind = spec.input_kind
+  n_probe = spec.k if spec.method == "lyapunov" else 1
+  return (spec.seeds, str(spec.dtype), spec.state_size, n_probe, kind,
+          spec.length if kind == "gaussian" else None,
+          spec.state0 is not None)
+
+
+@functools.lru_cache(maxsize=64)
+def _draw_program(model, static, options):
+  """Draws every seed's params, state, probe and inputs: a program apart
+  from the scan, so the scan holds no RNG (threefry is most of XLA CPU's
+  compile time) and sweeps differing only in length or method share it."""
+  seeds, dtype, size, n_probe, kind, length, has_state0 = static
+
+  def draw_seed(key):
+    k_init, k_state, k_probe, k_in = jax.random.split(key, 4)
+    out = dict(params=_cast(model.init(k_init), dtype),
+               probe=jacobian.probe_normals(k_probe, size, n_probe))
+    if not has_state0:
+      out["state0"] = _cast(model.state0(k_state), dtype)
+    if kind == "gaussian":
+      out["xs"] = jax.random.normal(
+          k_in, (length,) + tuple(model.input_shape),
+          jnp.float32).astype(dtype)
+    if kind == "model":
+      out["k_in"] = jax.random.key_data(k_in)
+    return out
 
   def draw(base_key):
-    keys = jax.vmap(lambda s: jax.random.fold_in(
-        jax.random.wrap_key_data(base_key), s))(jnp.arange(seeds))
-    return jax.vmap(functools.partial(_draw_seed, static))(keys)
+    base = jax.random.wrap_key_data(base_key)
+    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(seeds))
+    return jax.vmap(draw_seed)(keys)
 
-  return jax.jit(draw, out_shardings=NamedSharding(mesh, P()),
-                 compiler_options=dict(options) or None)
-
-
-def _draw_static(static):
-  """The part of ``static`` that the draws depend on."""
-  (model, method, length, seeds, hidden, activation, bias_scale, init,
-   dtype, k, _, input_kind, has_state0, kw) = static
-  uses_length = model == "mlp" or input_kind == "gaussian"
-  # The activation is a static field of the params, not a draw: the scan
-  # program sets it, so sweeps over activations share one draw program.
-  return (model, None, length if uses_length else None, seeds, hidden,
-          None, bias_scale, init, dtype, k if method == "lyapunov"
-          else 1, None, input_kind, has_state0, kw)
+  return jax.jit(draw, compiler_options=dict(options) or None)
 
 
-def _draw_seed(static, key):
-  """One seed's draws from ``fold_in(key, seed)``."""
-  (model, _, length, _, hidden, activation, bias_scale, init, dtype, k, _,
-   input_kind, has_state0, kw) = static
-  kw = dict(kw)
-  k_init, k_state, k_probe, k_in = jax.random.split(key, 4)
-  activation = activation or "tanh"   # placeholder; see _draw_static
-  if model == "rnn":
-    p0 = rnn.init(k_init, hidden, bias_scale=bias_scale,
-                  activation=activation, init=init,
-                  input_size=kw["input_size"], dtype=dtype)
-    shape = (hidden,)
-  elif model == "lstm":
-    p0 = lstm.init(k_init, hidden, forget_bias=kw["forget_bias"], init=init,
-                   bias_scale=bias_scale, input_size=kw["input_size"],
-                   dtype=dtype)
-    shape = (2, hidden)
-  else:
-    p0 = mlp.init(k_init, hidden, length, bias_scale=bias_scale,
-                  activation=activation, init=init,
-                  batchnorm=kw["batchnorm"], residual=kw["residual"],
-                  dtype=dtype)
-    shape = (kw["batch"], hidden)
-  out = dict(p0=p0)
-  if not has_state0:
-    state0 = jax.random.normal(k_state, shape, jnp.float32).astype(dtype)
-    out["state0"] = tuple(state0) if model == "lstm" else state0
-  size = _state_size(model, hidden, kw)
-  out["probe"] = jacobian.probe_normals(k_probe, size, k)
-  if input_kind == "gaussian":
-    out["xs"] = jax.random.normal(k_in, (length, kw["input_size"]),
-                                  jnp.float32).astype(dtype)
-  return out
+def _cast(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(
+      a.dtype, jnp.floating) else a, tree)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(static, devices, options):
-  """One jitted, sharded program per static configuration."""
+def _scan_program(model, static, devices, options):
+  """One jitted, sharded program per model and static configuration."""
   mesh = Mesh(np.array(devices), ("grid",))
-  point = functools.partial(_per_seed, static)
+  point = functools.partial(_per_seed, model, static)
 
-  def local(draws, gs, state0, xs):
-    return jax.vmap(point, in_axes=(0, None, None, None))(draws, gs, state0, xs)
+  def local(draws, knobs, state0, xs):
+    return jax.vmap(point, in_axes=(0, None, None, None))(draws, knobs,
+                                                          state0, xs)
 
   sharded = jax.shard_map(local, mesh=mesh,
                           in_specs=(P(), P("grid"), P(), P()),
@@ -359,104 +448,57 @@ def _compiled(static, devices, options):
   return jax.jit(sharded, compiler_options=dict(options) or None)
 
 
-def _per_seed(static, draws, gs, state0, xs):
-  """All scales ``gs`` of one seed; returns dict of ``(n_g, ...)`` arrays."""
-  (model, method, length, seeds, hidden, activation, bias_scale, init,
-   dtype, k, precision, input_kind, _, kw) = static
-  kw = dict(kw)
-  p0, probe = draws["p0"], draws["probe"]
-  if model != "lstm":
-    p0 = p0.replace(activation=activation)
-  step = dict(rnn=rnn.step, lstm=lstm.step, mlp=mlp.step)[model]
-  if model == "mlp":
-    xs = mlp.layers(p0)
+def _per_seed(model, static, draws, knobs, state0, xs):
+  """Every point of one chunk for one seed: dict of ``(n, ...)`` arrays."""
+  (length, _, method, k, precision, dtype, input_kind, _, _, fused) = static
+  params = draws["params"]
   if state0 is None:
     state0 = draws["state0"]
   if input_kind == "gaussian":
     xs = draws["xs"]
-  homogeneous = _homogeneous(model, activation, bias_scale, input_kind, kw)
-  vec0, unravel = ravel_pytree(state0)
-
-  if model == "rnn" and method == "jvp":
-    # A zero input adds exactly U @ 0 = 0: no (T, hidden) drive to store,
-    # so memory stays flat in T.
-    drive_xs = None if input_kind == "zeros" else xs
-    return _rnn_jvp(p0, gs.astype(dtype), vec0, drive_xs, probe, length,
-                    homogeneous, precision)
-
-  def one_scale(g):
-    p = p0.replace(weight_scale=g.astype(dtype))
-    f = jacobian._FlatTransition(functools.partial(step, p), unravel, None)
-    if method == "jvp":   # (the RNN's took _rnn_jvp above)
-      out = jacobian._jvp_core(f, vec0, xs, probe, length, 1, homogeneous,
-                               precision, False, unroll=_UNROLL)
-      return dict(log_growth=out.log_growth[:, 0],
-                  log_state_norm=out.log_state_norm,
-                  overflow_step=out.overflow_step)
-    if method == "vjp":
-      out = jacobian._vjp_core(f, vec0, xs, probe, length, homogeneous,
-                               precision, False)
-      return dict(log_growth=out.log_growth[::-1],
-                  log_state_norm=out.log_state_norm,
-                  overflow_step=out.overflow_step)
-    out = jacobian._lyapunov_core(f, vec0, xs, probe, length, k,
-                                  homogeneous, precision)
-    return dict(log_growth=out.cumulative[:, 0],
-                log_state_norm=out.log_state_norm,
-                overflow_step=out.overflow_step, exponents=out.exponents)
-
-  return jax.vmap(one_scale)(gs)
-
-
-def _rnn_jvp(p0, gs, h0, xs, key, length, homogeneous, precision):
-  """``jacobian._jvp_core`` for every scale of one RNN seed in one scan.
-
-  The states and tangents of all ``n`` scales are the rows of one ``(2n,
-  hidden)`` matrix, so a step is a single GEMM ``[H; V] @ W0^T`` (they share
-  ``W0``; the scale multiplies after it, as in ``rnn.step``), and the input
-  drive ``U x_t + b`` of all steps is one GEMM before the scan (``xs=None``
-  for none: a zero input adds exactly nothing). Same arithmetic as the
-  generic path, in a layout XLA runs 1.35-2.7x faster on CPU (the levers
-  table of ``benchmarks/RESULTS.md``).
-  """
+  elif input_kind == "model":
+    xs = model.inputs(params, jax.random.wrap_key_data(draws["k_in"]),
+                      length)
+  flat = _core.Flat.of(model.step, state0)
+  n = len(next(iter(knobs.values())))
+  H = jnp.broadcast_to(flat.ravel(state0), (n, flat.size))
+  hom = model.homogeneous if input_kind in ("none", "model") else False
+  if callable(hom):
+    hom = jax.vmap(lambda kv: jnp.asarray(
+        hom(_core.set_knobs(params, kv)), bool))(knobs)
+  if fused:
+    advance = functools.partial(model.advance, params, knobs)
+  else:
+    advance = _core.linearized_advance(flat, params, knobs)
+  unroll = 1 if fused else _UNROLL
   with jax.default_matmul_precision(precision):
-    n, dtype = gs.shape[0], h0.dtype
-    acc = jacobian.acc_dtype(dtype)
-    g = gs[:, None]
-    v0 = jacobian._probe(key, h0.size, 1, dtype)[:, 0]
-    drive = None if xs is None else xs @ p0.U.T + p0.b
-    phi = activations.activation(p0.activation).fn
-    renormalize = jax.vmap(jacobian._renormalize_state, (0, None, 0))
-
-    def body(carry, d):
-      h, v, scale, total, comp = carry
-      A = jnp.concatenate([h, v]) @ p0.W0.T
-      a = g * A[:n] + (p0.b if d is None else d)
-      h, slope = jax.jvp(phi, (a,), (jnp.ones_like(a),))
-      h, scale, lh = renormalize(h.astype(dtype), homogeneous, scale)
-      v, lg = jacobian.normalize((slope * (g * A[n:])).astype(dtype),
-                                axis=1)
-      total, comp = jacobian.kahan_add(total, comp, lg)
-      return (h, v, scale, total, comp), (total, lh)
-
-    zeros = jnp.zeros(n, acc)
-    init = (jnp.broadcast_to(h0, (n, h0.size)),
-            jnp.broadcast_to(v0, (n, h0.size)), (zeros, zeros), zeros, zeros)
-    # No unroll here: one GEMM per step already amortises the loop, and
-    # unroll=4 measured 0.25 s more compile and no faster (benchmarks/).
-    _, (lg, lh) = jax.lax.scan(body, init, drive, length=length)
-    step = jacobian.overflow_index(lh)
-    return dict(log_growth=jacobian._mask_after(lg, step).T,
-                log_state_norm=lh.T, overflow_step=step)
-
-
-def _homogeneous(model, activation, bias_scale, input_kind, kw):
-  """Positively homogeneous of degree one: the state can be renormalised."""
-  if activation not in ("relu", "linear") or bias_scale != 0:
-    return False
-  if model == "rnn":
-    return input_kind in ("none", "zeros")
-  return model == "mlp" and not kw["batchnorm"]
+    if method == "jvp":
+      V = _core.unit_probes(draws["probe"], flat.dtype)
+      out = _core.propagate(advance, H, jnp.broadcast_to(V, (n,) + V.shape),
+                            xs, length=length, homogeneous=hom, unroll=unroll)
+      lg = out["log_growth"][..., 0]
+    elif method == "vjp":
+      fwd = _core.propagate(advance, H, None, xs, length=length,
+                            homogeneous=hom, keep_states=True, unroll=unroll)
+      U = _core.unit_probes(draws["probe"], flat.dtype)
+      bwd = _core.propagate(_core.pullback_advance(flat, params, knobs),
+                            None, jnp.broadcast_to(U, (n,) + U.shape),
+                            (fwd["states"], xs), length=length,
+                            homogeneous=False, reverse=True, unroll=unroll)
+      out = fwd
+      lg = jnp.where(fwd["overflow_step"] >= 0, jnp.nan,
+                     bwd["log_growth"][::-1, :, 0])
+    else:
+      Q = jacobian.initial_frame(draws["probe"], flat.dtype)
+      out = _core.propagate(advance, H, jnp.broadcast_to(Q, (n,) + Q.shape),
+                            xs, length=length, homogeneous=hom, tangent="qr")
+      exponents, cum = jacobian.order_spectrum(out["log_growth"], length)
+      lg = cum[..., 0]
+  result = dict(log_growth=lg.T, log_state_norm=out["log_state_norm"].T,
+                overflow_step=out["overflow_step"])
+  if method == "lyapunov":
+    result["exponents"] = exponents
+  return result
 
 
 # ------------------------------------------------------------ host side
@@ -476,20 +518,6 @@ def _to_numpy(x):
   return np.asarray(x)
 
 
-def _key_data(key):
-  if isinstance(key, (int, np.integer)):
-    key = jax.random.key(int(key))
-  elif not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
-  return jax.random.key_data(key)
-
-
-def _key_list(key):
-  if isinstance(key, (int, np.integer)):
-    return int(key)
-  return np.asarray(_key_data(key)).tolist()
-
-
 def _hash(*parts) -> str:
   h = hashlib.sha256()
   for p in parts:
@@ -501,42 +529,59 @@ def _hash(*parts) -> str:
   return h.hexdigest()
 
 
+def _chunk_arrays(chunk):
+  return [np.asarray(v, np.float64) for _, v in sorted(chunk.items())]
+
+
 def _chunk_path(cache_dir, spec, chunk):
   if cache_dir is None:
     return None
-  return os.path.join(os.fspath(cache_dir),
-                      f"{spec.static[0]}-{_hash(spec.hash_config, chunk)[:32]}"
-                      ".npz")
+  digest = _hash(spec.hash_config, *_chunk_arrays(chunk))
+  return os.path.join(cache_dir, f"{spec.model.name}-{digest[:32]}.npz")
 
 
-def _read_chunk(path):
-  """A cached chunk, or None if absent, truncated, corrupt or foreign."""
-  if path is None or not os.path.exists(path):
+def _read_chunk(path, spec, per_chunk):
+  """A cached chunk, or None if absent, truncated, corrupt, foreign or of
+  the wrong shape (it is then recomputed)."""
+  if path is None or not os.path.isfile(path):
     return None
   try:
     with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+      if not hasattr(f, "files"):
+        return None
       part = {k: f[k] for k in f.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
     return None
-  want = os.path.basename(path).split("-", 1)[1][:32]
+  want = os.path.basename(path).rsplit("-", 1)[1][:32]
   if str(part.pop("chunk_hash", ""))[:32] != want:
+    return None
+  shapes = {"log_growth": (spec.seeds, per_chunk, spec.length),
+            "log_state_norm": (spec.seeds, per_chunk, spec.length),
+            "overflow_step": (spec.seeds, per_chunk)}
+  if spec.method == "lyapunov":
+    shapes["exponents"] = (spec.seeds, per_chunk, spec.k)
+  if set(part) != set(shapes) or any(part[k].shape != v
+                                     for k, v in shapes.items()):
     return None
   return part
 
 
-def _to_map(spec, out):
+def _to_map(spec, out, n_devices):
   config = dict(spec.config)
   from exploding import __version__
   config.update(version=__version__, jax_version=jax.__version__,
-                backend=jax.default_backend(),
-                device_count=len(_devices(spec)))
-  # The program's layout is (seeds, scales, ...); maps put seeds last.
+                backend=jax.default_backend(), device_count=n_devices)
+  grid_shape = tuple(len(v) for v in spec.axes.values())
+
+  def seeds_last(a):   # the program's layout is (seeds, points, ...)
+    a = np.moveaxis(a, 0, -1)
+    return a.reshape(grid_shape + a.shape[1:])
+
   return GradientMap(
-      log_growth=np.transpose(out["log_growth"], (1, 2, 0)),
-      log_state_norm=np.transpose(out["log_state_norm"], (1, 2, 0)),
-      overflow_step=np.transpose(out["overflow_step"], (1, 0)),
-      weight_scales=spec.weight_scales.copy(),
-      steps=np.arange(1, spec.static[2] + 1),
-      config=config,
-      exponents=(np.transpose(out["exponents"], (1, 2, 0))
-                 if "exponents" in out else None))
+      log_growth=seeds_last(out["log_growth"]),
+      log_state_norm=seeds_last(out["log_state_norm"]),
+      overflow_step=seeds_last(out["overflow_step"]),
+      axes={k: v.copy() for k, v in spec.axes.items()},
+      steps=np.arange(1, spec.length + 1), config=config,
+      exponents=(seeds_last(out["exponents"]) if "exponents" in out
+                 else None))

@@ -1,3 +1,5 @@
-"""Pure-functional models: each is a transition ``f(state, x) -> state``."""
+"""Pure-functional models: each is a transition ``step(params, state, x)``
+with its draws, bundled as a ``Model``."""
 
+from exploding.models.model import Model
 from exploding.models import lstm, mlp, rnn

@@ -3,7 +3,8 @@
 With gates in the order input, forget, cell, output:
 
   i = sigmoid(a_i), f = sigmoid(a_f + forget_bias), g = tanh(a_g),
-  o = sigmoid(a_o), with a = weight_scale * (W0 @ h) + U @ x + b;
+  o = sigmoid(a_o), with a = weight_scale * (W0 @ h) + U @ x
+  + bias_scale * b0;
   c' = f * c + i * g,  h' = o * tanh(c').
 
 The additive cell path is the remedy: ``dc'/dc = diag(f)``, so with small
@@ -22,14 +23,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from exploding import _validation, initializers
 from exploding.models import rnn
+from exploding.models.model import Model
 
-__all__ = ["LSTMParams", "init", "step", "apply"]
+__all__ = ["LSTMParams", "init", "step", "apply", "model"]
 
 
 @flax.struct.dataclass
@@ -40,14 +44,18 @@ class LSTMParams:
     W0: ``(4 * hidden, hidden)`` recurrent weights at unit scale, gate blocks
       in the order input, forget, cell, output.
     U: ``(4 * hidden, input_size)`` input weights.
-    b: ``(4 * hidden,)`` biases, ``forget_bias`` already in the forget block.
+    b0: ``(4 * hidden,)`` unit bias draws, ``N(0, 1)``.
     weight_scale: ``()`` gain applied after ``W0 @ h``.
+    bias_scale: ``()`` sigma_b, multiplying ``b0``.
+    forget_bias: ``()`` added to the forget gate's preactivation.
   """
 
   W0: jax.Array
   U: jax.Array
-  b: jax.Array
+  b0: jax.Array
   weight_scale: jax.Array
+  bias_scale: jax.Array
+  forget_bias: jax.Array
 
   @property
   def hidden(self) -> int:
@@ -85,9 +93,10 @@ def init(key: jax.Array, hidden: int, *, weight_scale: Any = 1.0,
                         for k in jax.random.split(kw, 4)])
   U = jax.random.normal(ku, (4 * hidden, input_size), jnp.float32)
   U = (U / jnp.sqrt(max(input_size, 1))).astype(dtype)
-  b = bias_scale * jax.random.normal(kb, (4 * hidden,), jnp.float32)
-  b = b.at[hidden:2 * hidden].add(forget_bias).astype(dtype)
-  return LSTMParams(W0, U, b, jnp.asarray(weight_scale, dtype))
+  b0 = jax.random.normal(kb, (4 * hidden,), jnp.float32).astype(dtype)
+  return LSTMParams(W0, U, b0, jnp.asarray(weight_scale, dtype),
+                    jnp.asarray(bias_scale, dtype),
+                    jnp.asarray(forget_bias, dtype))
 
 
 def step(p: LSTMParams, state: tuple[jax.Array, jax.Array],
@@ -108,7 +117,8 @@ def step(p: LSTMParams, state: tuple[jax.Array, jax.Array],
                      f"(hidden), got shapes {h.shape}, {c.shape}")
   a = rnn.preactivation(p, h, x)
   ai, af, ag, ao = jnp.split(a, 4, axis=-1)
-  c = jax.nn.sigmoid(af) * c + jax.nn.sigmoid(ai) * jnp.tanh(ag)
+  c = (jax.nn.sigmoid(af + p.forget_bias) * c
+       + jax.nn.sigmoid(ai) * jnp.tanh(ag))
   h = jax.nn.sigmoid(ao) * jnp.tanh(c)
   return h.astype(state[0].dtype), c.astype(state[1].dtype)
 
@@ -129,3 +139,36 @@ def apply(p: LSTMParams, state0: tuple[jax.Array, jax.Array],
     return s, s
 
   return jax.lax.scan(body, state0, xs, length=length)[1]
+
+
+@functools.lru_cache(maxsize=None)
+def model(hidden: int, *, input_size: int = 0, init: str = "gaussian",
+          weight_scale: float = 1.0, bias_scale: float = 0.0,
+          forget_bias: float = 1.0, dtype: Any = None) -> Model:
+  """The LSTM as a ``Model``: knobs ``weight_scale``, ``bias_scale``,
+  ``forget_bias``; state ``(h, c)``, each ``N(0, 1)`` per entry; no input
+  of its own (``input_shape`` is ``(input_size,)`` for a sweep's
+  ``inputs=``). Never homogeneous (the gates saturate)."""
+  hidden = _validation.check_int("hidden", hidden, 1)
+  input_size = _validation.check_int("input_size", input_size, 0)
+  initializers.initializer(init)
+  dtype = _validation.float_dtype(dtype)
+  settings = dict(hidden=hidden, input_size=input_size, init=init,
+                  weight_scale=float(weight_scale),
+                  bias_scale=float(bias_scale),
+                  forget_bias=float(forget_bias), dtype=str(dtype))
+  return Model(
+      init=functools.partial(_init, hidden=hidden, weight_scale=weight_scale,
+                             bias_scale=bias_scale, forget_bias=forget_bias,
+                             input_size=input_size, init=init, dtype=dtype),
+      step=step, state0=functools.partial(_state0, hidden=hidden, dtype=dtype),
+      input_shape=(input_size,) if input_size else None, name="lstm",
+      settings=settings)
+
+
+_init = init   # ``model``'s argument ``init`` shadows the function
+
+
+def _state0(key, hidden, dtype):
+  h, c = jax.random.normal(key, (2, hidden), jnp.float32).astype(dtype)
+  return h, c

@@ -1,0 +1,315 @@
+"""The engine's one batched core: propagate states and tangents, in log space.
+
+Every measurement of the package is one ``lax.scan`` of this routine over a
+batch of ``n`` points (one point for ``ex.jvp_growth``; a chunk of a grid
+for ``ex.sweep``). Per step it
+
+1. advances the states ``H`` (``(n, d)``, flat) and their tangents ``V``
+   (``(n, p, d)``) through one transition: ``H' = f(H)``, ``JV = J V``;
+2. renormalises the state where the transition is positively homogeneous
+   (``f(c h) = c f(h)``, so ``J(c h) = J(h)``), accumulating ``log ||h||``;
+3. renormalises the tangents (each to unit norm, or re-orthonormalised by
+   QR for Lyapunov spectra) and adds their log stretch to a compensated
+   (Kahan) running sum, so a float32 sum of thousands of steps stays exact
+   to a few ulps and no number ever exceeds one step's growth;
+4. records ``log ||h_{t+1}||``, from which the first non-finite state
+   (``overflow_step``) is flagged; later values are NaN, never numbers.
+
+``advance`` is data: the generic one linearises the user's ``step`` per
+point under ``vmap`` (points share params except their knob leaves, so
+``g * (W0 @ h)`` batches into a GEMM); a model may hand a fused one (the
+RNN's ``[H; V] @ W0^T``, one GEMM for states and tangents of all points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# An advance maps (H (n, d) or None, V (n, p, d) or None, x) to (H', J V).
+Advance = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+def acc_dtype(dtype) -> jnp.dtype:
+  """Dtype for logs and norms: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def log_norm(v: jax.Array, axis=None) -> jax.Array:
+  """Scaled ``log ||v||`` in at least float32 (``jnp.linalg.norm`` under- and
+  overflows in float32 once ``|log ||v||| > ~44``); -inf for zero, NaN/inf
+  for a non-finite ``v``."""
+  v = v.astype(acc_dtype(v.dtype))
+  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+  safe = jnp.where(m > 0, m, 1)
+  s = jnp.sum(jnp.square(v / safe), axis=axis, keepdims=True)
+  out = jnp.log(m) + 0.5 * jnp.log(jnp.where(m > 0, s, 1))
+  return jnp.squeeze(out, axis) if axis is not None else out.reshape(())
+
+
+def normalize(v: jax.Array, axis=None, ln=None) -> tuple[jax.Array, jax.Array]:
+  """``(v / ||v||, log ||v||)``; a zero ``v`` stays zero (log -inf).
+
+  In float16/bfloat16 the rounded unit vector's norm differs from one by
+  ~1e-3; that error is folded into the returned log (measured against the
+  vector actually propagated), so it does not accumulate over steps.
+  """
+  ln = log_norm(v, axis) if ln is None else ln
+  scale = jnp.exp(jnp.expand_dims(ln, axis) if axis is not None else ln)
+  scale = jnp.where(scale > 0, scale, 1)
+  unit = (v.astype(ln.dtype) / scale).astype(v.dtype)
+  if jnp.dtype(v.dtype).itemsize < 4:
+    ln = ln - jnp.where(jnp.isfinite(ln), log_norm(unit, axis), 0)
+  return unit, ln
+
+
+def kahan_add(total, comp, x):
+  """Compensated summation (Kahan 1965): ``total + x`` with the rounding
+  error carried in ``comp``. Infinite terms pass through."""
+  y = x - comp
+  t = total + y
+  comp = jnp.where(jnp.isfinite(t), (t - total) - y, 0).astype(t.dtype)
+  return t, comp
+
+
+def overflow_index(log_state_norm: jax.Array) -> jax.Array:
+  """First index with a NaN or +inf state norm along axis 0, or -1."""
+  bad = ~(log_state_norm < jnp.inf)
+  return jnp.where(jnp.any(bad, 0), jnp.argmax(bad, 0), -1).astype(jnp.int32)
+
+
+def mask_after(values: jax.Array, overflow_step: jax.Array) -> jax.Array:
+  """NaN from ``overflow_step`` on along axis 0 (``overflow_step`` has the
+  shape of ``values.shape[1:]``' leading axes)."""
+  t = jnp.arange(values.shape[0]).reshape((-1,) + (1,) * (values.ndim - 1))
+  step = overflow_step.reshape(overflow_step.shape
+                               + (1,) * (values.ndim - 1 - overflow_step.ndim))
+  return jnp.where((step >= 0) & (t >= step), jnp.nan, values)
+
+
+def unit_probes(normals: jax.Array, dtype) -> jax.Array:
+  """``(p, d)`` unit rows from float32 normals ``(p, d)`` (every dtype sees
+  the same probe: normalised in ``acc_dtype``, then cast)."""
+  q = normals.astype(acc_dtype(dtype))
+  return (q / jnp.linalg.norm(q, axis=-1, keepdims=True)).astype(dtype)
+
+
+# ------------------------------------------------------------ the scan
+
+
+def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
+              tangent: str = "norm", reverse: bool = False,
+              keep_states: bool = False, unroll: int = 1) -> dict:
+  """Runs the core for ``length`` steps.
+
+  Args:
+    advance: ``(H, V, x) -> (H', J V)``; ``H`` is ``None`` when states come
+      through ``xs`` (backprop's pull-back), ``V`` is ``None`` for a forward
+      pass without tangents.
+    H: ``(n, d)`` flat states, or ``None``.
+    V: ``(n, p, d)`` tangents (unit rows; orthonormal for ``"qr"``), or
+      ``None``.
+    xs: per-step inputs (leading axis ``length``) or ``None``.
+    homogeneous: Python bool, or ``(n,)`` bool array (decided per point).
+    tangent: ``"norm"`` (each tangent to unit norm) or ``"qr"`` (the ``p``
+      tangents re-orthonormalised; logs of ``|diag R|``).
+    reverse: scan ``xs`` from the end.
+    keep_states: also return the state entering each step (``(T, n, d)``).
+
+  Returns:
+    dict with ``log_growth`` ``(T, n, p)`` running Kahan sums (if ``V``),
+    ``log_state_norm`` ``(T, n)`` and ``overflow_step`` ``(n,)`` (if ``H``),
+    ``states`` (if ``keep_states``).
+  """
+  dtype = (H if H is not None else V).dtype
+  acc = acc_dtype(dtype)
+  n = (H if H is not None else V).shape[0]
+  norm_tangents = _TANGENTS[tangent]
+
+  def body(carry, x):
+    H, V, scale, total, comp = carry
+    out = {}
+    if keep_states:
+      out["states"] = H
+    H, JV = advance(H, V, x)
+    if H is not None:
+      H, scale, out["log_state_norm"] = _renormalize(H, homogeneous, scale)
+    if V is not None:
+      V, logs = norm_tangents(JV)
+      total, comp = kahan_add(total, comp, logs)
+      out["log_growth"] = total
+    return (H, V, scale, total, comp), out
+
+  zeros = jnp.zeros((n,) + (() if V is None else (V.shape[1],)), acc)
+  scale = (jnp.zeros(n, acc), jnp.zeros(n, acc))
+  _, out = jax.lax.scan(body, (H, V, scale, zeros, zeros), xs, length=length,
+                        reverse=reverse, unroll=unroll)
+  if H is not None:
+    out["overflow_step"] = overflow_index(out["log_state_norm"])
+    if V is not None:
+      out["log_growth"] = mask_after(out["log_growth"], out["overflow_step"])
+  return out
+
+
+def _renormalize(H, homogeneous, scale):
+  """Rows of a homogeneous state are divided by their norm, whose log is
+  summed in ``scale`` (a Kahan pair); returns ``(H, scale, log ||h_true||)``.
+  """
+  ln = log_norm(H, axis=-1)
+  if homogeneous is False:
+    return H, scale, ln
+  unit, _ = normalize(H, axis=-1, ln=ln)
+  new = kahan_add(*scale, ln)
+  if homogeneous is True:
+    return unit, new, new[0]
+  hom = jnp.asarray(homogeneous, bool)
+  H = jnp.where(hom[:, None], unit, H)
+  scale = tuple(jnp.where(hom, a, b) for a, b in zip(new, scale))
+  return H, scale, jnp.where(hom, scale[0], ln)
+
+
+def _norm_rows(JV):
+  return normalize(JV, axis=-1)
+
+
+def _qr_rows(JV):
+  """Re-orthonormalises each point's ``p`` tangent rows (``(n, p, d)``).
+
+  An exact zero on ``diag R`` (a zero row of J: a dead ReLU unit, a tanh
+  saturated to 1 in float32) reads as the QR's resolution ``eps ||R||``,
+  not ``log 0``: ``-inf`` only where ``J Q`` is exactly zero.
+  """
+  acc = acc_dtype(JV.dtype)
+  Q, R = jnp.linalg.qr(jnp.swapaxes(JV.astype(acc), -1, -2))
+  d = jnp.abs(jnp.diagonal(R, axis1=-2, axis2=-1))
+  floor = jnp.log(jnp.finfo(acc).eps) + log_norm(R, axis=(-2, -1))[..., None]
+  return jnp.swapaxes(Q, -1, -2), jnp.where(d == 0, floor, jnp.log(d))
+
+
+_TANGENTS = {"norm": _norm_rows, "qr": _qr_rows}
+
+
+# --------------------------------------------------- transitions as data
+
+
+class Flat:
+  """A transition ``step(params, state, x)`` on the raveled state vector.
+
+  Hashable on ``(step, the state's structure, shapes and dtype)``, so a
+  jitted program keyed on it compiles once per model, never per params.
+  """
+
+  def __init__(self, step, treedef, shapes, dtype):
+    self.step, self.treedef, self.shapes = step, treedef, shapes
+    self.dtype = jnp.dtype(dtype)
+    self.sizes = tuple(int(np.prod(s, dtype=int)) for s in shapes)
+    self.size = sum(self.sizes)
+
+  @classmethod
+  def of(cls, step, state) -> "Flat":
+    leaves, treedef = jax.tree.flatten(state)
+    return cls(step, treedef, tuple(jnp.shape(l) for l in leaves),
+               jnp.result_type(*leaves))
+
+  def ravel(self, state) -> jax.Array:
+    leaves = jax.tree.leaves(state)
+    if len(leaves) == 1:
+      return jnp.reshape(leaves[0], (-1,))
+    return jnp.concatenate([jnp.reshape(l, (-1,)) for l in leaves])
+
+  def unravel(self, v: jax.Array) -> Any:
+    if len(self.shapes) == 1:
+      return jax.tree.unflatten(self.treedef, [v.reshape(self.shapes[0])])
+    parts = jnp.split(v, np.cumsum(self.sizes)[:-1])
+    return jax.tree.unflatten(self.treedef, [p.reshape(s) for p, s in
+                                             zip(parts, self.shapes)])
+
+  def __call__(self, params, v, x):
+    return self.ravel(self.step(params, self.unravel(v), x))
+
+  def _key(self):
+    return (self.step, self.treedef, self.shapes, self.dtype)
+
+  def __eq__(self, other):
+    return isinstance(other, Flat) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
+
+def set_knobs(params: Any, knobs: Mapping[str, Any]) -> Any:
+  """``params`` with the named scalar leaves replaced (each cast to the
+  leaf's dtype). Params are a mapping, a dataclass (a ``flax.struct``
+  dataclass too) or a NamedTuple, with the knobs at the top level."""
+  if not knobs:
+    return params
+  old = knob_leaves(params)
+  new = {k: jnp.asarray(v, jnp.result_type(old[k])) for k, v in knobs.items()}
+  if isinstance(params, Mapping):
+    return type(params)({**params, **new}) if not isinstance(
+        params, dict) else {**params, **new}
+  if dataclasses.is_dataclass(params):
+    return dataclasses.replace(params, **new)
+  return params._replace(**new)
+
+
+def knob_leaves(params: Any) -> dict[str, Any]:
+  """The top-level scalar float leaves of ``params`` by name: the knobs a
+  grid may vary."""
+  if isinstance(params, Mapping):
+    items = params.items()
+  elif dataclasses.is_dataclass(params):
+    items = ((f.name, getattr(params, f.name))
+             for f in dataclasses.fields(params))
+  elif hasattr(params, "_asdict"):
+    items = params._asdict().items()
+  else:
+    return {}
+  return {k: v for k, v in items if hasattr(v, "dtype") and jnp.ndim(v) == 0
+          and jnp.issubdtype(v.dtype, jnp.floating)}
+
+
+def linearized_advance(flat: Flat, params: Any, knobs: Mapping[str, Any]
+                       ) -> Advance:
+  """The generic advance: per point, ``jax.jvp`` (one probe) or
+  ``jax.linearize`` of ``flat(params_i, ., x)``, vmapped over the points;
+  ``params_i`` is ``params`` with the point's knob values (``knobs``: name
+  -> ``(n,)``), so everything else is shared across the batch."""
+
+  def one(kv, h, V, x):
+    f = lambda y: flat(set_knobs(params, kv), y, x)
+    if V is None:
+      return f(h), None
+    V = V.astype(h.dtype)
+    if V.shape[0] == 1:
+      h, jv = jax.jvp(f, (h,), (V[0],))
+      return h, jv[None]
+    h, lin = jax.linearize(f, h)
+    return h, jax.vmap(lin)(V)
+
+  def advance(H, V, x):
+    return jax.vmap(one, (0, 0, None if V is None else 0, None))(
+        dict(knobs), H, V, x)
+
+  return advance
+
+
+def pullback_advance(flat: Flat, params: Any, knobs: Mapping[str, Any]
+                     ) -> Advance:
+  """Backprop's step for the core: ``x = (H_t, x_t)``, the stored states
+  entering step t; pulls each point's cotangent rows back through ``J_t``."""
+
+  def one(kv, h, U, x):
+    _, pull = jax.vjp(lambda y: flat(set_knobs(params, kv), y, x), h)
+    return jax.vmap(lambda u: pull(u)[0])(U)
+
+  def advance(H, U, hx):
+    del H
+    states, x = hx
+    return None, jax.vmap(one, (0, 0, 0, None))(dict(knobs), states, U, x)
+
+  return advance
