@@ -1,5 +1,6 @@
 """Sweeps: equality with the per-point engine, sharding, cache, resume."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,24 +22,33 @@ SMALL = dict(weight_scales=[0.6, 1.0, 1.7], length=40, seeds=2, hidden=12,
              progress=False)
 
 
+def _draws(key, seed, hidden, **init_kw):
+  """The sweep's documented draws for one seed."""
+  k_init, k_state, k_probe, k_in = jax.random.split(
+      jax.random.fold_in(jax.random.key(key), seed), 4)
+  p = ex.rnn.init(k_init, hidden, **init_kw)
+  h0 = jax.random.normal(k_state, (hidden,), jnp.float32)
+  return p, h0, k_probe, k_in
+
+
 @pytest.mark.parametrize("method", ["jvp", "vjp", "lyapunov"])
 def test_sweep_equals_engine_per_point(method):
   m = ex.sweep("rnn", method=method, key=3, **SMALL)
   assert m.log_growth.shape == (3, 40, 2)
+  assert list(m.axes) == ["weight_scale"]
   for s in range(2):
-    key = jax.random.fold_in(jax.random.key(3), s)
-    k_init, k_state, k_probe, _ = jax.random.split(key, 4)
-    p0 = ex.rnn.init(k_init, 12)
-    h0 = jax.random.normal(k_state, (12,), jnp.float32)
+    p0, h0, k_probe, _ = _draws(3, s, 12)
     for i, g in enumerate(SMALL["weight_scales"]):
       p = p0.replace(weight_scale=jnp.float32(g))
-      f = lambda h, x: ex.rnn.step(p, h, x)
       if method == "jvp":
-        want = ex.jvp_growth(f, h0, length=40, key=k_probe).log_growth
+        want = ex.jvp_growth(ex.rnn.step, p, h0, length=40, key=k_probe)
+        want = want.log_growth
       elif method == "vjp":
-        want = ex.vjp_growth(f, h0, length=40, key=k_probe).log_growth[::-1]
+        want = ex.vjp_growth(ex.rnn.step, p, h0, length=40, key=k_probe)
+        want = want.log_growth
       else:
-        ly = ex.lyapunov_spectrum(f, h0, length=40, key=k_probe, k=1)
+        ly = ex.lyapunov_spectrum(ex.rnn.step, p, h0, length=40,
+                                  key=k_probe, k=1)
         want = ly.cumulative[:, 0]
       np.testing.assert_allclose(m.log_growth[i, :, s], want, rtol=2e-5,
                                  atol=2e-5)
@@ -45,49 +56,126 @@ def test_sweep_equals_engine_per_point(method):
 
 @pytest.mark.parametrize("activation,bias_scale,inputs", [
     ("relu", 0.0, None),            # homogeneous: the state is renormalised
-    ("sigmoid", 0.5, "gaussian"),   # input drive, one GEMM before the scan
+    ("sigmoid", 0.5, "gaussian"),   # an input drive
     ("linear", 0.0, "zeros"),       # input_size > 0 with a zero input
 ])
-def test_rnn_jvp_all_scales_path_equals_engine(activation, bias_scale, inputs):
-  """The sweep's RNN forward path (all scales in one GEMM per step) against
-  the public engine on the public model, point by point."""
+@pytest.mark.parametrize("method", ["jvp", "lyapunov"])
+def test_rnn_fused_advance_equals_generic_core(activation, bias_scale,
+                                               inputs, method):
+  """The RNN's fused advance (all points of a seed in one GEMM per step)
+  against the generic core on the same Model without it, point by point."""
   n_in = 0 if inputs is None else 5
-  kw = dict(SMALL, activation=activation, bias_scale=bias_scale,
-            input_size=n_in, inputs=None if inputs == "zeros" else inputs)
-  m = ex.sweep("rnn", key=5, **kw)
-  for s in range(2):
-    k_init, k_state, k_probe, k_in = jax.random.split(
-        jax.random.fold_in(jax.random.key(5), s), 4)
-    p0 = ex.rnn.init(k_init, 12, activation=activation,
-                     bias_scale=bias_scale, input_size=n_in)
-    h0 = jax.random.normal(k_state, (12,), jnp.float32)
-    xs = None if inputs is None else jnp.zeros((40, n_in))
-    if inputs == "gaussian":
-      xs = jax.random.normal(k_in, (40, n_in), jnp.float32)
-    for i, g in enumerate(SMALL["weight_scales"]):
-      p = p0.replace(weight_scale=jnp.float32(g))
-      want = ex.jvp_growth(lambda h, x: ex.rnn.step(p, h, x), h0, xs,
-                           length=40, key=k_probe)
-      np.testing.assert_allclose(m.log_growth[i, :, s], want.log_growth,
-                                 rtol=2e-5, atol=2e-5)
-      np.testing.assert_allclose(m.log_state_norm[i, :, s],
-                                 want.log_state_norm, rtol=2e-5, atol=2e-5)
+  fused = ex.rnn.model(12, activation=activation, bias_scale=bias_scale,
+                       input_size=n_in)
+  generic = dataclasses.replace(fused, advance=None)
+  xs = np.zeros((40, n_in), np.float32) if inputs == "zeros" else None
+  kw = dict(grid={"weight_scale": [0.6, 1.0, 1.7],
+                  "bias_scale": [bias_scale, 0.3]}, length=40, seeds=2,
+            key=5, inputs="gaussian" if inputs == "gaussian" else xs,
+            method=method, k=2, progress=False)
+  a, b = ex.sweep(fused, **kw), ex.sweep(generic, **kw)
+  assert a.log_growth.shape == (3, 2, 40, 2)
+  np.testing.assert_allclose(a.log_growth, b.log_growth, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(a.log_state_norm, b.log_state_norm, rtol=2e-5,
+                             atol=2e-5)
+  np.testing.assert_array_equal(a.overflow_step, b.overflow_step)
 
 
 def test_mlp_and_lstm_sweeps_match_engine():
   m = ex.sweep("mlp", weight_scales=[0.8, 1.5], length=6, seeds=1, width=8,
                batch=4, batchnorm=True, residual=True, progress=False)
-  key = jax.random.fold_in(jax.random.key(0), 0)
-  k_init, k_state, k_probe, _ = jax.random.split(key, 4)
+  k_init, k_state, k_probe, _ = jax.random.split(
+      jax.random.fold_in(jax.random.key(0), 0), 4)
   p = ex.mlp.init(k_init, 8, 6, batchnorm=True, residual=True)
   p = p.replace(weight_scale=jnp.float32(1.5))
   x = jax.random.normal(k_state, (4, 8), jnp.float32)
-  g = ex.jvp_growth(lambda h, l: ex.mlp.step(p, h, l), x, ex.mlp.layers(p),
-                    key=k_probe)
+  g = ex.jvp_growth(ex.mlp.step, p, x, ex.mlp.layers(p), key=k_probe)
   np.testing.assert_allclose(m.log_growth[1, :, 0], g.log_growth, rtol=1e-5)
-  m = ex.sweep("lstm", weight_scales=[1.0], length=10, seeds=1, hidden=4,
-               forget_bias=2.0, progress=False)
-  assert m.config["forget_bias"] == 2.0 and np.all(np.isfinite(m.log_growth))
+  m = ex.sweep("lstm", grid={"forget_bias": [0.0, 2.0]}, length=10, seeds=1,
+               hidden=4, progress=False)
+  assert m.config["model"] == "lstm" and m.log_growth.shape == (2, 10, 1)
+  p = ex.lstm.init(k_init, 4, forget_bias=2.0)
+  h, c = jax.random.normal(k_state, (2, 4), jnp.float32)
+  g = ex.jvp_growth(ex.lstm.step, p, (h, c), length=10, key=k_probe)
+  np.testing.assert_allclose(m.log_growth[1, :, 0], g.log_growth, rtol=1e-5)
+
+
+def test_lstm_forget_bias_sweep_decays_as_log_sigmoid():
+  # At a tiny recurrent weight dc'/dc = diag(sigmoid(b_f)) dominates: the
+  # growth per step is log sigmoid(b_f) (Gers et al. 2000).
+  bfs = np.array([0.0, 1.0, 3.0, 5.0])
+  m = ex.sweep("lstm", grid={"forget_bias": bfs, "weight_scale": [1e-3]},
+               length=200, seeds=2, hidden=16, progress=False)
+  np.testing.assert_allclose(m.rate()[:, 0], np.log(1 / (1 + np.exp(-bfs))),
+                             atol=0.01)
+
+
+def test_two_axis_sweep_follows_the_mean_field_critical_line():
+  # With a bias the order-to-chaos edge moves to chi1 = 1 of the q-map
+  # (Poole et al. 2016). The rate crosses zero tangentially, so the crossing
+  # needs a fine grid and 4 seeds; measured here 1.41, 1.52, 1.65 vs 1.40,
+  # 1.55, 1.68 (sigma_b = 0 is excluded: the flat (g - 1)^2 crossing puts
+  # the finite-T estimate 10-25% above 1).
+  bs = np.array([0.3, 0.5, 0.7])
+  want = np.sqrt([ex.theory.critical_sigma_w2("tanh", b**2) for b in bs])
+  gs = np.linspace(1.2, 1.8, 13)
+  m = ex.sweep("rnn", grid={"weight_scale": gs, "bias_scale": bs},
+               length=600, seeds=4, hidden=256, progress=False)
+  assert m.log_growth.shape == (13, 3, 600, 4)
+  got = m.critical_scale(axis="weight_scale")
+  assert got.shape == (3,)
+  np.testing.assert_allclose(got, want, rtol=0.05)
+  assert m.critical_scale(axis="bias_scale").shape == (13,)
+
+
+def _flax_model(cell_cls, n, recurrent):
+  """A flax cell as a Model: zero input, recurrent kernels N(0, 1/n) scaled
+  by the knob ``weight_scale`` (the kernels are params, so data)."""
+  cell = cell_cls(features=n)
+  x0 = jnp.zeros((1,))
+
+  def init(key):
+    k_cell, k_w = jax.random.split(key)
+    params = cell.init(k_cell, jnp.zeros(n), x0)["params"]
+    for name, k in zip(recurrent, jax.random.split(k_w, len(recurrent))):
+      params[name]["kernel"] = jax.random.normal(k, (n, n)) / np.sqrt(n)
+    return {"cell": params, "weight_scale": jnp.float32(1.0)}
+
+  def step(p, h, x):
+    del x
+    params = dict(p["cell"])
+    for name in recurrent:
+      params[name] = {**params[name],
+                      "kernel": p["weight_scale"] * params[name]["kernel"]}
+    return cell.apply({"params": params}, h, x0)[0]
+
+  return ex.Model(init, step, lambda key: jax.random.normal(key, (n,)),
+                  name=cell_cls.__name__)
+
+
+def test_flax_simple_cell_sweep_finds_the_edge_of_chaos():
+  model = _flax_model(flax.linen.SimpleCell, 128, ["h"])
+  m = ex.sweep(model, grid={"weight_scale": np.linspace(0.7, 1.5, 9)},
+               length=300, seeds=2, progress=False)
+  assert abs(m.critical_scale() - 1.0) < 0.1
+
+
+def test_flax_gru_sweep_equals_the_engine_on_the_same_draws():
+  model = _flax_model(flax.linen.GRUCell, 16, ["hr", "hz", "hn"])
+  gs = [0.5, 2.0, 8.0]
+  m = ex.sweep(model, grid={"weight_scale": gs}, length=50, seeds=2, key=4,
+               progress=False)
+  assert m.log_growth.shape == (3, 50, 2)
+  assert np.all(np.isfinite(m.log_growth))
+  for s in range(2):
+    k_init, k_state, k_probe, _ = jax.random.split(
+        jax.random.fold_in(jax.random.key(4), s), 4)
+    p, h0 = model.init(k_init), model.state0(k_state)
+    for i, g in enumerate(gs):
+      want = ex.jvp_growth(model.step, {**p, "weight_scale": jnp.float32(g)},
+                           h0, length=50, key=k_probe)
+      np.testing.assert_allclose(m.log_growth[i, :, s], want.log_growth,
+                                 rtol=2e-5, atol=2e-5)
 
 
 def test_sharded_equals_unsharded_and_compiles_once():
@@ -107,8 +195,11 @@ def test_sharded_equals_unsharded_and_compiles_once():
   a, ca = compiles(**kw)
   b, cb = compiles(chunk_size=3 * 8, **kw)   # two chunks, one program
   c, cc = compiles(**kw)                     # same config: cached program
+  # New grid values and new draws (another key) are data: no recompile.
+  d, cd = compiles(**dict(kw, weight_scales=np.linspace(0.6, 2.1, 11), key=7))
   print(json.dumps(dict(devices=jax.device_count(), lg=a.log_growth.tolist(),
-                        lg2=b.log_growth.tolist(), compiles=[ca, cb, cc])))
+                        lg2=b.log_growth.tolist(), compiles=[ca, cb, cc, cd],
+                        differs=bool(np.any(d.log_growth != a.log_growth)))))
   """
   out8 = _multidevice.run(code, devices=8)
   out1 = _multidevice.run(code, devices=1)
@@ -117,7 +208,8 @@ def test_sharded_equals_unsharded_and_compiles_once():
   # so agreement is to float32 rounding, not bits.
   np.testing.assert_allclose(out8["lg"], out1["lg"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out8["lg"], out8["lg2"], rtol=1e-5, atol=1e-5)
-  assert out8["compiles"] == [1, 1, 0] and out1["compiles"] == [1, 1, 0]
+  assert out8["compiles"] == [1, 1, 0, 0] and out1["compiles"] == [1, 1, 0, 0]
+  assert out8["differs"] and out1["differs"]
 
 
 def test_cache_reuses_and_config_change_recomputes(tmp_path):
@@ -162,7 +254,11 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
   proc.wait()
   done = [f for f in os.listdir(cache) if ".tmp" not in f]
   assert 1 <= len(done) < 40, "kill should land mid-sweep"
+  stamps = {f: os.stat(cache / f).st_mtime_ns for f in done}
   subprocess.run([sys.executable, "-c", script], check=True)
+  # The finished chunks were reused, not recomputed and rewritten.
+  assert {f: os.stat(cache / f).st_mtime_ns for f in done} == stamps
+  assert len([f for f in os.listdir(cache) if ".tmp" not in f]) == 40
   resumed = ex.GradientMap.load(tmp_path / "resumed.npz")
   fresh = ex.sweep("rnn", weight_scales=np.linspace(0.5, 2, 40), length=400,
                    seeds=2, hidden=64, chunk_size=2, progress=False)
@@ -176,14 +272,15 @@ def test_save_load_round_trip(tmp_path):
   for name in ["log_growth", "log_state_norm", "overflow_step",
                "weight_scales", "steps", "exponents"]:
     np.testing.assert_array_equal(getattr(back, name), getattr(m, name))
+  assert list(back.axes) == ["weight_scale"]
   assert back.config == m.config
   assert m.config["version"] == ex.__version__ and m.config["device_count"] >= 1
   # A file from another version loads, with a warning.
   with np.load(tmp_path / "m.npz") as f:
     arrays = dict(f)
-  config = json.loads(str(arrays["config_json"]))
-  config["version"] = "0.0.1"
-  arrays["config_json"] = np.array(json.dumps(config))
+  meta = json.loads(str(arrays["meta_json"]))
+  meta["config"]["version"] = "0.0.1"
+  arrays["meta_json"] = np.array(json.dumps(meta))
   np.savez(tmp_path / "old.npz", **arrays)
   with pytest.warns(UserWarning, match="0.0.1"):
     old = ex.GradientMap.load(tmp_path / "old.npz")
@@ -255,8 +352,10 @@ def test_sweep_rejects_unknown_model():
 
 
 def test_qr_sweeps_finish_on_several_host_devices():
-  # XLA CPU with 2 host devices hung on these (QR inside the sharded scan);
-  # the sweep runs them on one CPU device. A hang fails via the timeout.
+  # XLA CPU with 2 host devices hung on these (QR inside the sharded scan):
+  # the sweep draws every seed's params on one device (orthogonal init's QR)
+  # and shards the scan; Lyapunov sweeps (QR every step) run on one CPU
+  # device. A hang fails via the timeout.
   code = """
   import json, numpy as np, jax, exploding as ex
   a = ex.sweep("rnn", weight_scales=np.linspace(0.3, 2.5, 23), length=256,
@@ -268,4 +367,4 @@ def test_qr_sweeps_finish_on_several_host_devices():
                         finite=bool(np.isfinite(b.exponents).all()))))
   """
   out = _multidevice.run(code, devices=2, timeout=240)
-  assert out["devices"] == 2 and out["used"] == [1, 1] and out["finite"]
+  assert out["devices"] == 2 and out["used"] == [2, 1] and out["finite"]

@@ -242,7 +242,8 @@ def _builtin(model, settings, length, dtype):
 
 def _grid(grid, weight_scales, p_shape, dtype):
   """name -> 1-D float64 values, checked against the params' knobs."""
-  if weight_scales is not None:
+  shorthand = weight_scales is not None
+  if shorthand:
     if grid is not None:
       raise TypeError("give grid or weight_scales, not both")
     grid = {"weight_scale": weight_scales}
@@ -252,25 +253,26 @@ def _grid(grid, weight_scales, p_shape, dtype):
   knobs = _core.knob_leaves(p_shape)
   axes = {}
   for name, values in grid.items():
+    label = "weight_scales" if shorthand else f"grid[{name!r}]"
     if name not in knobs:
       raise ValueError(f"grid knob {name!r} is not a scalar float leaf of "
                        f"the model's params; knobs: {sorted(knobs)}")
     v = np.asarray(values)
     if v.dtype.kind not in "fiu" or v.dtype == bool:
-      raise TypeError(f"grid[{name!r}] must be real numbers, got {v.dtype}")
+      raise TypeError(f"{label} must be real numbers, got {v.dtype}")
     v = np.atleast_1d(v.astype(np.float64))
     if v.ndim != 1 or v.size < 1:
-      raise ValueError(f"grid[{name!r}] must be a non-empty 1-D sequence")
+      raise ValueError(f"{label} must be a non-empty 1-D sequence")
     rule = _KNOB_RANGES.get(name)
     if rule == "positive":
-      _validation.check_positive(f"grid[{name!r}]", v)
+      _validation.check_positive(label, v)
     elif rule == "nonnegative":
-      _validation.check_nonnegative(f"grid[{name!r}]", v)
+      _validation.check_nonnegative(label, v)
     else:
-      _validation.check_finite(f"grid[{name!r}]", v)
+      _validation.check_finite(label, v)
     cast = v.astype(dtype)
     if not np.all(np.isfinite(cast)) or np.any((cast == 0) & (v != 0)):
-      raise ValueError(f"grid[{name!r}] has values not representable in "
+      raise ValueError(f"{label} has values not representable in "
                        f"{dtype} (overflow to inf or underflow to 0): "
                        f"{v[~np.isfinite(cast) | ((cast == 0) & (v != 0))]}")
     axes[name] = v
