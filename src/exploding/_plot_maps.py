@@ -47,14 +47,18 @@ def draw_growth_map(ax, m, *, vmax: float | None = None, critical: bool = True,
     contour: draw the growth-equals-one contour (log10 = 0).
     legend: add a legend for the vertical lines.
   """
-  z = map_mean_log10(m).T                                  # (length, scales)
+  if len(m.axes) != 1:
+    raise ValueError(f"draw one grid axis at a time; this map has axes "
+                     f"{list(m.axes)}: pick the others with m.sel(...)")
+  (name, g), = m.axes.items()
+  z = map_mean_log10(m).T                                  # (length, points)
   finite = np.abs(z[np.isfinite(z)])
   if vmax is None:
     vmax = float(np.clip(np.percentile(finite, 98) if finite.size else 1,
                          1, 30))
   cmap = _cmap()
   cmap.set_bad("0.6")
-  g, steps = np.asarray(m.weight_scales), np.asarray(m.steps)
+  g, steps = np.asarray(g), np.asarray(m.steps)
   image = ax.pcolormesh(g, steps, np.ma.masked_invalid(z), shading="nearest",
                         cmap=cmap, norm=colors.TwoSlopeNorm(0, -vmax, vmax),
                         rasterized=True)
@@ -63,13 +67,14 @@ def draw_growth_map(ax, m, *, vmax: float | None = None, critical: bool = True,
       warnings.simplefilter("ignore")
       ax.contour(g, steps, np.nan_to_num(z, nan=vmax), levels=[0.0],
                  colors="k", linewidths=0.6)
-  ax.set_xlabel("weight scale $g$ ($\\sigma_w$)")
+  ax.set_xlabel(_AXIS_LABELS.get(name, name.replace("_", " ")))
   ax.set_ylabel("depth $L$ (layers)" if m.config.get("model") == "mlp"
                 else "sequence length $T$ (steps)")
   if critical:
-    gc = m.critical_scale()
+    gc = m.critical_scale(axis=name)
     if np.isfinite(gc):
-      ax.axvline(gc, color="k", lw=1.0, label=f"measured $g_c$ = {gc:.2f}")
+      ax.axvline(gc, color="k", lw=1.0, label=f"measured crossing = {gc:.2f}"
+                 if name != "weight_scale" else f"measured $g_c$ = {gc:.2f}")
   draw_theory_lines(ax, theory)
   if legend and ax.get_legend_handles_labels()[0]:
     ax.legend(loc="upper left", fontsize=6, frameon=True, framealpha=0.8)
@@ -77,6 +82,11 @@ def draw_growth_map(ax, m, *, vmax: float | None = None, critical: bool = True,
     cb = ax.figure.colorbar(image, ax=ax, pad=0.02)
     cb.set_label("$\\log_{10}$ gradient growth")
   return image
+
+
+_AXIS_LABELS = {"weight_scale": "weight scale $g$ ($\\sigma_w$)",
+                "bias_scale": "bias scale $\\sigma_b$",
+                "forget_bias": "forget bias $b_f$"}
 
 
 def draw_theory_lines(ax, theory: Mapping[str, float] | None) -> None:

@@ -73,6 +73,31 @@ class GradientMap:
                            f"{list(self.axes)}")
     return self.axes["weight_scale"]
 
+  def sel(self, **indices: int) -> "GradientMap":
+    """The map at fixed grid indices of some axes, e.g. ``m.sel(
+    bias_scale=0)``: those axes are dropped (their values are recorded in
+    ``config["selected"]``)."""
+    unknown = set(indices) - set(self.axes)
+    if unknown:
+      raise ValueError(f"unknown axes {sorted(unknown)}; axes: "
+                       f"{list(self.axes)}")
+    index = tuple(indices.get(name, slice(None)) for name in self.axes)
+    for name, i in indices.items():
+      if not isinstance(i, (int, np.integer)) or not (
+          -len(self.axes[name]) <= i < len(self.axes[name])):
+        raise ValueError(f"{name} index must be an int in "
+                         f"[0, {len(self.axes[name])}), got {i!r}")
+    config = dict(self.config, selected={
+        **self.config.get("selected", {}),
+        **{k: float(self.axes[k][i]) for k, i in indices.items()}})
+    pick = lambda a: None if a is None else a[index]
+    return GradientMap(
+        log_growth=pick(self.log_growth),
+        log_state_norm=pick(self.log_state_norm),
+        overflow_step=pick(self.overflow_step),
+        axes={k: v for k, v in self.axes.items() if k not in indices},
+        steps=self.steps, config=config, exponents=pick(self.exponents))
+
   def rate(self, burn_in: int | None = None) -> np.ndarray:
     """Mean growth per step: the least-squares slope of ``log_growth``
     against steps after ``burn_in`` (default ``length // 4``), per seed,
