@@ -20,7 +20,8 @@ def _run(*args, cwd=None, **env_vars):
 
 
 def test_sweep_writes_map_and_plot(tmp_path):
-  out, png = tmp_path / "map.npz", tmp_path / "map.png"
+  # --plot creates its folders, as --out does.
+  out, png = tmp_path / "map.npz", tmp_path / "figs" / "deep" / "map.png"
   proc = _run("sweep", "rnn", "--activation", "tanh", "--scales",
               "0.5:2.0:6", "--length", "40", "--seeds", "2", "--hidden", "16",
               "--out", str(out), "--plot", str(png), "--no-progress")
@@ -70,7 +71,7 @@ def test_rerun_reuses_compiled_programs_from_the_cache(tmp_path):
     (["sweep", "rnn", "--length", "zero"], "--length"),
     (["sweep", "gru"], "invalid choice"),
     (["sweep", "rnn", "--activation", "swish", "--length", "4"], "activation"),
-    (["sweep", "rnn", "--scales=-1:2:4", "--length", "4"], "weight_scales"),
+    (["sweep", "rnn", "--scales=-1:2:4", "--length", "4"], "--scales"),
     (["sweep", "rnn", "--length", "0"], "length"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -110,3 +111,156 @@ def test_list_and_reproduce_reach_the_figure_runner(capsys, monkeypatch):
   listed = capsys.readouterr().out.splitlines()
   assert len(listed) >= 13 and listed[0].startswith("fig01")
   assert cli.main(["reproduce", "--only", "nosuchfigure"]) == 2
+
+
+# Issue 13: each bad argument exits 2 with one line naming it, before the
+# sweep computes anything ({tmp}: a folder, {file}: a plain file).
+@pytest.mark.parametrize("args, match", [
+    (["--scales", "1:2:inf"], "--scales: COUNT must be an integer"),
+    (["--scales", "1:2:nan"], "--scales: COUNT"),
+    (["--scales", "1:2:1e9"], "--scales: COUNT"),
+    (["--scales", "0:2:4"], "--scales: weight scales must be finite and > 0"),
+    (["--scales", "1:inf:4"], "--scales: weight scales must be finite"),
+    (["--scales", "-1:2:4"], "--scales: weight scales must be finite and > 0"),
+    (["--key", "99999999999999999999999"], "--key: expected an integer in"),
+    (["--key", "-1"], "--key"),
+    (["--dtype", "float8"], "'float16', 'bfloat16', 'float32', 'float64'"),
+    (["--batchnorm"], "--batchnorm applies to mlp only, not rnn"),
+    (["--residual"], "--residual applies to mlp only, not rnn"),
+    (["--batch", "4"], "--batch applies to mlp only"),
+    (["--forget-bias", "1"], "--forget-bias applies to lstm only"),
+    (["--out", "{file}/map.npz"], "--out"),
+    (["--out", "{tmp}"], "--out"),
+    (["--plot", "{tmp}/map.bmp"], "--plot must end in one of"),
+    (["--plot", "{tmp}/map"], "--plot must end in one of"),
+    (["--plot", "{file}/sub/map.png"], "--plot"),
+    (["--cache-dir", "{file}"], "--cache-dir"),
+    (["--cache-dir", "{file}/sub"], "--cache-dir"),
+])
+def test_bad_sweep_arguments_exit_2_before_computing(
+    args, match, tmp_path, capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(ex, "sweep", _no_sweep)
+  (tmp_path / "file").write_text("not a folder")
+  args = [a.format(tmp=tmp_path, file=tmp_path / "file") for a in args]
+  code = _main_code(cli, ["sweep", "rnn", "--length", "4", *args])
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and match in lines[0], lines
+
+
+def test_lstm_rejects_activation(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(ex, "sweep", _no_sweep)
+  assert _main_code(cli, ["sweep", "lstm", "--activation", "relu"]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "exploding sweep: error: --activation applies to rnn and mlp only, "
+      "not lstm")
+
+
+def test_unwritable_folder_exits_2_before_computing(tmp_path, capsys,
+                                                    monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(ex, "sweep", _no_sweep)
+  if os.geteuid() != 0:       # root writes through permission bits
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+  elif os.path.isdir("/proc"):   # not writable even for root
+    folder = "/proc"
+  else:
+    pytest.skip("no folder this user cannot write")
+  for flag, path in [("--out", f"{folder}/sub/map.npz"),
+                     ("--plot", f"{folder}/map.png"),
+                     ("--cache-dir", f"{folder}/cache")]:
+    assert _main_code(cli, ["sweep", "rnn", flag, path]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "cannot write" in \
+        lines[0], lines
+
+
+def test_negative_looking_values_are_values(monkeypatch):
+  from exploding import cli
+  parser = cli._parser()
+  args = parser.parse_args(cli._join_negative_values(
+      ["sweep", "lstm", "--forget-bias", "-.5", "--bias-scale", "-0"]))
+  assert args.forget_bias == -0.5 and args.bias_scale == 0.0
+
+
+def test_version(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert _main_code(cli, ["--version"]) == 0
+  assert capsys.readouterr().out.strip() == f"exploding {ex.__version__}"
+
+
+def test_ctrl_c_exits_130_with_one_line(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(ex, "sweep", interrupted)
+  assert _main_code(cli, ["sweep", "rnn", "--length", "4"]) == 130
+  assert capsys.readouterr().err.strip() == "exploding: interrupted"
+
+
+def test_figure_runner_is_never_read_from_the_working_directory(
+    tmp_path, capsys, monkeypatch):
+  """A planted ./experiments/reproduce.py must not run: the runner is the
+  package's source checkout's, or the one named by --runner."""
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  planted = tmp_path / "experiments"
+  planted.mkdir()
+  marker = tmp_path / "ran"
+  (planted / "reproduce.py").write_text(
+      f"open({str(marker)!r}, 'w').close()\n"
+      "def main(argv):\n  print('planted', argv)\n  return 0\n")
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["list"]) == 0
+  assert not marker.exists()
+  assert capsys.readouterr().out.startswith("fig01")
+  # An explicit --runner is the user's choice, and gets the other flags.
+  assert cli.main(["list", "--runner", str(planted / "reproduce.py"),
+                   "--quick"]) == 0
+  assert marker.exists()
+  assert capsys.readouterr().out.strip() == "planted ['--list', '--quick']"
+  assert _main_code(cli, ["list", "--runner", str(tmp_path / "no.py")]) == 2
+  assert _main_code(cli, ["reproduce", "--runner"]) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 2 and all("--runner" in line for line in lines)
+
+
+def test_runner_argument_errors_are_one_line(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert _main_code(cli, ["reproduce", "--bogus"]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "exploding reproduce: error: unrecognized arguments: --bogus")
+
+
+def test_list_into_a_closed_pipe_exits_quietly(tmp_path):
+  proc = subprocess.Popen([sys.executable, "-m", "exploding.cli", "list"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          cwd=tmp_path)
+  proc.stdout.close()    # `exploding list | head -0`: the reader is gone
+  err = proc.stderr.read().decode()
+  proc.stderr.close()
+  assert proc.wait(timeout=300) == 141
+  assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def _no_sweep(*args, **kwargs):
+  raise AssertionError("the sweep ran before the arguments were checked")
+
+
+def _main_code(cli, argv):
+  try:
+    return cli.main(argv)
+  except SystemExit as e:
+    return e.code

@@ -88,3 +88,27 @@ def test_bad_arguments():
     cliff.cliff_descent(1.0, 1.0, learning_rate=0.1, steps=3, clip_norm=-1.0)
   with pytest.raises(ValueError, match="steps"):
     cliff.cliff_descent(1.0, 1.0, learning_rate=0.1, steps=0)
+
+
+def test_critical_weight_matches_slope_and_large_x0():
+  # w_c sigmoid'(x0) = 1, including where float sigmoid(x0) rounds to 1.
+  for x0 in [-3.0, 0.0, 0.5, 20.0, 100.0]:
+    s = 1.0 / (1.0 + np.exp(-x0))
+    slope = s * (1.0 - s) if abs(x0) < 10 else np.exp(-abs(x0))
+    np.testing.assert_allclose(cliff.critical_weight(x0) * slope, 1.0,
+                               rtol=1e-6)
+  assert cliff.critical_weight(0.0) == 4.0
+  assert np.isfinite(cliff.critical_weight(709.0))
+
+
+# Issue 13: critical_weight(1000) raised ZeroDivisionError.
+@pytest.mark.parametrize("x0, error", [
+    (1000.0, ValueError), (-710.0, ValueError), (float("nan"), ValueError),
+    (float("inf"), ValueError), ("0.5", TypeError), (None, TypeError),
+    (True, TypeError), ([0.5], TypeError), (1j, TypeError)])
+def test_critical_weight_bad_x0(x0, error):
+  with pytest.raises(error, match="x0"):
+    cliff.critical_weight(x0)
+  if error is ValueError:
+    with pytest.raises(ValueError, match=r"\|x0\| <= 709\.78"):
+      cliff.critical_weight(x0)

@@ -51,3 +51,44 @@ def test_compare_remedies_rejects_unknown():
                         remedies=["dropout"])
   with pytest.raises(ValueError, match="kind"):
     ex.compare_remedies("cnn", weight_scales=[1.0], length=4)
+
+
+# Issue 13: activation="relu" turned the "tanh" baseline into ReLU and init=
+# replaced its Gaussian init. Refused before any sweep runs.
+@pytest.mark.parametrize("kind, kwargs, match", [
+    ("rnn", {"activation": "relu"}, "activation"),
+    ("rnn", {"init": "orthogonal"}, "init"),
+    ("rnn", {"forget_bias": 1.0}, "forget_bias"),
+    ("mlp", {"batchnorm": True}, "batchnorm"),
+    ("mlp", {"residual": True}, "residual"),
+    ("mlp", {"activation": "tanh"}, "activation"),
+    ("rnn", {"grid": {"weight_scale": [1.0]}}, "grid"),
+    ("rnn", {"remedies": "relu"}, "remedies"),
+    ("rnn", {"remedies": [3]}, "remedies"),
+    ("rnn", {"remedies": 3}, "remedies"),
+])
+def test_compare_remedies_refuses_knobs_that_change_the_baseline(
+    kind, kwargs, match, monkeypatch):
+  def no_sweep(*args, **kwargs):
+    raise AssertionError("swept before checking the arguments")
+
+  monkeypatch.setattr(ex, "sweep", no_sweep)
+  with pytest.raises(TypeError, match=match):
+    ex.compare_remedies(kind, weight_scales=[1.0], length=4, **kwargs)
+
+
+def test_compare_remedies_baseline_is_the_plain_tanh_net(monkeypatch):
+  calls = []
+
+  def record(model, **kwargs):
+    calls.append((model, kwargs))
+    raise StopIteration   # record the first call (the baseline) only
+
+  monkeypatch.setattr(ex, "sweep", record)
+  with pytest.raises(StopIteration):
+    ex.compare_remedies("rnn", weight_scales=[1.0], length=4,
+                        remedies=["relu"], bias_scale=0.1)
+  model, kwargs = calls[0]
+  assert model == "rnn"
+  assert "activation" not in kwargs and "init" not in kwargs
+  assert kwargs["bias_scale"] == 0.1

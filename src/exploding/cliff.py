@@ -35,14 +35,20 @@ References:
 from __future__ import annotations
 
 import functools
+import math
+import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from exploding import _validation
 from exploding import clipping
+
+# |x0| above which 2 + 2 cosh(x0) exceeds the largest float64.
+_MAX_X0 = math.log(sys.float_info.max)
 
 
 class CliffDescent(NamedTuple):
@@ -205,19 +211,37 @@ def cliff_boundary(w: Any, x0: float = 0.5) -> jax.Array:
 
 
 def critical_weight(x0: float = 0.5) -> float:
-  """Smallest ``w`` with a wall: ``1 / sigmoid'(x0)`` (4.255 at 0.5).
+  """Smallest ``w`` with a wall: ``1 / sigmoid'(x0) = 2 + 2 cosh(x0)``.
 
   Above it the fixed point ``x0`` on ``cliff_boundary`` is unstable
-  (slope ``w sigmoid'(x0) > 1``), so nearby orbits separate.
+  (slope ``w sigmoid'(x0) > 1``), so nearby orbits separate. With
+  ``sigmoid'(x) = sigmoid(x) sigmoid(-x) = 1 / (2 + 2 cosh(x))`` the value
+  is accurate in float64 for every ``x0`` (4.255 at 0.5); the form
+  ``1 / (s (1 - s))`` divides by zero once ``s = sigmoid(x0)`` rounds to 1.
 
   Args:
-    x0: float, initial state.
+    x0: float, initial state, ``|x0| <= 709.78`` (``log`` of the largest
+      float64; beyond it the critical weight, ``~exp(|x0|)``, overflows).
 
   Returns:
-    float.
+    float, at least 4 (at ``x0 = 0``).
+
+  Raises:
+    TypeError: ``x0`` is not a real number.
+    ValueError: ``x0`` is not finite or ``|x0| > 709.78``.
+
+  Example:
+    >>> round(critical_weight(0.5), 4)
+    4.2553
   """
-  s = float(jax.nn.sigmoid(float(x0)))
-  return 1.0 / (s * (1.0 - s))
+  if isinstance(x0, (bool, str)) or not _is_real_scalar(x0):
+    raise TypeError(f"x0 must be a real number, got {x0!r}")
+  x0 = float(x0)
+  if not abs(x0) <= _MAX_X0:
+    raise ValueError(f"x0 must be finite with |x0| <= {_MAX_X0:.2f} (the "
+                     f"critical weight 2 + 2 cosh(x0) overflows float64 "
+                     f"beyond), got {x0!r}")
+  return 2.0 + 2.0 * math.cosh(x0)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
@@ -256,6 +280,14 @@ def _descent(start, learning_rate, clip_norm, x0, target, length, steps):
       loss=jnp.concatenate([loss, last_loss[None]]),
       grad_norm=jnp.concatenate([gnorm, jnp.linalg.norm(last_grad)[None]]),
       step=update)
+
+
+def _is_real_scalar(value: Any) -> bool:
+  try:
+    return np.ndim(value) == 0 and np.isrealobj(value) and np.issubdtype(
+        np.asarray(value).dtype, np.number)
+  except TypeError:
+    return False
 
 
 def _grid_axis(name: str, values: Any) -> jax.Array:

@@ -4,10 +4,11 @@ Clipping is the standard remedy for exploding gradients (Pascanu et al.
 2013, Section 3.2, Algorithm 1): when the gradient norm ``||g||`` exceeds a
 threshold ``c``, rescale it to ``g * c / ||g||``. The direction is kept, only
 the step length changes. Clipping each entry to ``[-c, c]`` instead bounds
-every coordinate but, in general, rotates the gradient. This module wraps the
-optax transformations (no clipping arithmetic of its own) under one name per
-method and reports the global norm before and after, the cosine between the
-clipped and raw gradient, and whether the raw gradient was finite.
+every coordinate but, in general, rotates the gradient. This module gives the
+optax transformations one name per method (with their formulas, made safe
+for the float range below) and reports the global norm before and after, the
+cosine between the clipped and raw gradient, and whether the raw gradient
+was finite.
 
 Methods:
   ``"none"``: identity (``optax.identity``).
@@ -23,12 +24,23 @@ Methods:
 Float range: optax computes the global norm as ``sqrt(sum g**2)``, which
 overflows in float32 once ``||g|| > ~1.8e19``; optax then divides by ``inf``
 and returns an all-zero "clipped" gradient from a finite one. Exploding
-gradients reach that range, so ``"value"``, ``"norm"`` and ``"block_rms"``
-here rescale the gradient and threshold by the same power of two before
-calling optax and undo it after (exact: these clips are positively
-homogeneous, ``clip(s g, s c) = s clip(g, c)``). ``"adaptive"`` compares the
-gradient with the parameters, is not homogeneous in the gradient alone, and
-is passed to optax unchanged.
+gradients reach that range, so every method here
+
+* computes in the gradient's promoted float dtype, at least float32 (float16
+  overflows at 65504, so its norms and rescales do not fit in it), and casts
+  each clipped leaf back to that leaf's own dtype (leaves may mix dtypes);
+* for ``"norm"`` and ``"block_rms"``, divides the gradient by a power of two
+  ``s`` (global for ``"norm"``, per leaf for ``"block_rms"``) with
+  ``max |g / s|`` in ``[1, 4)``, so the sum of squares cannot overflow, and
+  applies optax's formula ``g * c / ||g||`` as ``(g / s) * (c / ||g / s||)``
+  (dividing by ``s`` is exact down to the subnormals; ``||g / s|| >= 1``,
+  so neither factor overflows; ``c / s``, which may underflow, only enters
+  the comparison ``||g|| > c``). A gradient within the threshold is
+  returned unchanged, bit for bit.
+
+``"value"`` needs no rescale and ``"adaptive"`` (which compares the gradient
+with the parameters) is optax's, in the compute dtype. The threshold must be
+finite and > 0 in the compute dtype (``1e39`` is ``inf`` in float32).
 
 References:
   Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural
@@ -49,10 +61,6 @@ import optax
 from exploding import _validation
 
 METHODS = ("none", "value", "norm", "block_rms", "adaptive")
-
-# A power-of-two rescale commutes with these clips exactly.
-_HOMOGENEOUS = ("value", "norm", "block_rms")
-
 
 class ClipResult(NamedTuple):
   """A clipped gradient and what clipping did to it.
@@ -87,22 +95,29 @@ def clip_gradient(
   Jit-compatible with ``method`` static; ``threshold`` may be traced.
 
   Args:
-    grads: pytree of float arrays (any shapes, any float dtypes).
+    grads: pytree of real float arrays (any shapes; float16, bfloat16,
+      float32, float64, mixed across leaves); empty leaves pass through.
     method: one of ``"none"``, ``"value"``, ``"norm"``, ``"block_rms"``,
       ``"adaptive"`` (see the module docstring).
-    threshold: scalar > 0: the max entry (``"value"``), max global norm
-      (``"norm"``), max per-leaf RMS (``"block_rms"``) or max ratio of
-      gradient to parameter norm (``"adaptive"``). Ignored (may be ``None``)
-      for ``"none"``.
+    threshold: scalar, finite and > 0 in the compute dtype (the gradient's
+      promoted float dtype, at least float32): the max entry (``"value"``),
+      max global norm (``"norm"``), max per-leaf RMS (``"block_rms"``) or
+      max ratio of gradient to parameter norm (``"adaptive"``). Ignored (may
+      be ``None``) for ``"none"``.
     params: pytree shaped like ``grads``; required for ``"adaptive"`` only.
 
   Returns:
-    ``ClipResult(grads, pre_norm, post_norm, cosine, finite)``; the scalars
-    are in the gradient's (promoted) float dtype, ``finite`` is bool.
+    ``ClipResult(grads, pre_norm, post_norm, cosine, finite)``; each clipped
+    leaf has its input leaf's dtype; the scalars are in the compute dtype
+    (at least float32, so a float16 norm above 65504 is not ``inf``),
+    ``finite`` is bool.
 
   Raises:
-    ValueError: unknown ``method``, ``threshold`` not finite and > 0,
-      ``params`` missing for ``"adaptive"``, or ``grads`` with no leaves.
+    ValueError: unknown ``method``; ``threshold`` missing, not a scalar, or
+      not finite and > 0 in the compute dtype; ``params`` missing for
+      ``"adaptive"`` or not shaped like ``grads``; ``grads`` with no entries.
+    TypeError: a ``grads`` leaf that is not a real float array (integer,
+      bool, complex).
 
   References:
     Pascanu et al. 2013, Algorithm 1 (clipping by norm).
@@ -113,11 +128,15 @@ def clip_gradient(
     >>> print(f"{r.pre_norm:.3f} {r.post_norm:.3f} {r.cosine:.3f}")
     5.000 1.000 1.000
   """
-  clipper(method, threshold)  # validates method and threshold
-  if method == "adaptive" and params is None:
-    raise ValueError("params is required for method='adaptive'")
-  if not jax.tree.leaves(grads):
-    raise ValueError("grads must contain at least one array")
+  clipper(method, threshold)  # validates method and threshold's form
+  dtype = _compute_dtype("grads", grads)
+  if not any(jnp.size(x) for x in jax.tree.leaves(grads)):
+    raise ValueError("grads must contain at least one entry, got "
+                     f"{jax.tree.map(jnp.shape, grads)!r} (shapes)")
+  if method != "none":
+    _check_threshold(threshold, dtype)
+  if method == "adaptive":
+    _check_params(params, grads)
   return _clip_and_measure(grads, threshold, params, method)
 
 
@@ -137,6 +156,10 @@ def clipper(
   passed on. Zeros do not stop a stateful optimiser later in the chain
   (momentum keeps moving); to skip the whole step, wrap the whole chain
   instead: ``optax.apply_if_finite(optax.chain(clipper(...), opt), n)``.
+
+  The gradient's dtype is known only in ``update``: there (at trace time)
+  a non-float leaf raises ``TypeError`` and a threshold that is not finite
+  and > 0 in the compute dtype raises ``ValueError``.
 
   Args:
     method: one of ``"none"``, ``"value"``, ``"norm"``, ``"block_rms"``,
@@ -164,10 +187,7 @@ def clipper(
       raise ValueError(f"threshold must be a scalar, got shape "
                        f"{jnp.shape(threshold)}")
     _validation.check_positive("threshold", threshold)
-  if method in _HOMOGENEOUS:
-    transform = _rescaled(method, threshold)
-  else:
-    transform = _optax_clip(method, threshold)
+  transform = _transform(method, threshold)
   if skip_nonfinite:
     _validation.check_int("max_consecutive_errors", max_consecutive_errors,
                           minimum=0)
@@ -179,63 +199,147 @@ def clipper(
 def _clip_and_measure(grads, threshold, params, method):
   transform = clipper(method, threshold)
   clipped, _ = transform.update(grads, transform.init(grads), params)
-  finite = _all_finite(grads)
-  pre_norm = _global_norm(grads)
-  post_norm = _global_norm(clipped)
-  cosine = _cosine(clipped, grads)
+  dtype = _compute_dtype("grads", grads)
+  grads_up = _cast(grads, dtype)
+  clipped_up = _cast(clipped, dtype)
+  finite = _all_finite(grads_up)
+  pre_norm = _global_norm(grads_up)
+  post_norm = _global_norm(clipped_up)
+  cosine = _cosine(clipped_up, grads_up)
   cosine = jnp.where(finite, cosine, jnp.nan)
   return ClipResult(clipped, pre_norm, post_norm, cosine, finite)
 
 
-def _optax_clip(method: str, threshold: Any) -> optax.GradientTransformation:
+def _transform(method: str, threshold: Any) -> optax.GradientTransformation:
+  """The clip, computed in the compute dtype and cast back leaf by leaf.
+
+  Stateless, so the threshold is cast to the gradient's compute dtype per
+  call.
+  """
   if method == "none":
     return optax.identity()
-  if method == "value":
-    return optax.clip(threshold)
-  if method == "norm":
-    return optax.clip_by_global_norm(threshold)
-  if method == "block_rms":
-    return optax.clip_by_block_rms(threshold)
-  return optax.adaptive_grad_clip(threshold)
-
-
-def _rescaled(method: str, threshold: Any) -> optax.GradientTransformation:
-  """The optax clip applied to ``g / s`` with threshold ``c / s``, times s.
-
-  ``s`` is the power of two nearest above ``max |g|`` (1 for a zero or
-  non-finite gradient), so optax's sum of squares cannot overflow; the
-  transformations are stateless, so the threshold can be built per call.
-  """
 
   def init_fn(params):
     del params
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    del params
-    dtype = jnp.result_type(*jax.tree.leaves(updates))
-    scale = _power_of_two_scale(updates, dtype)
-    inner = _optax_clip(method, jnp.asarray(threshold, dtype) / scale)
-    scaled = jax.tree.map(lambda u: u / scale.astype(u.dtype), updates)
-    clipped, _ = inner.update(scaled, inner.init(scaled))
-    clipped = jax.tree.map(lambda c, u: (c * scale.astype(u.dtype)).astype(
-        u.dtype), clipped, updates)
+    dtype = _compute_dtype("updates", updates)
+    if not _validation.is_traced(threshold):
+      _check_threshold(threshold, dtype)
+    c = jnp.asarray(threshold).astype(dtype)
+    up = _cast(updates, dtype)
+    if method == "value":
+      clipped = jax.tree.map(lambda u: jnp.clip(u, -c, c), up)
+    elif method == "norm":
+      clipped = _clip_by_global_norm(up, c)
+    elif method == "block_rms":
+      clipped = jax.tree.map(lambda u: _clip_by_global_norm(u, c, rms=True),
+                             up)
+    else:
+      if params is None:
+        raise ValueError("params is required for method='adaptive'")
+      inner = optax.adaptive_grad_clip(c)
+      clipped, _ = inner.update(up, inner.init(up), _cast(params, dtype))
+    clipped = jax.tree.map(lambda x, u: x.astype(jnp.result_type(u)),
+                           clipped, updates)
     return clipped, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _max_abs(tree: Any, dtype: Any) -> jax.Array:
-  return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype)
+def _clip_by_global_norm(tree: Any, c: jax.Array, rms: bool = False) -> Any:
+  """``optax.clip_by_global_norm`` (RMS instead of norm: ``clip_by_block_rms``
+  on one leaf), safe over the whole float range.
+
+  ``g * c / ||g||`` is formed as ``(g / s) * (c / ||g / s||)`` with ``s`` a
+  power of two and ``max |g / s|`` in ``[1, 4)``, so ``||g / s|| >= 1``
+  and ``c / ||g / s|| <= c``; a NaN norm clips (to NaN), as in optax.
+  """
+  _, inv = _power_of_two_scale(tree)
+  scaled = jax.tree.map(lambda x: x * inv, tree)
+  if rms:
+    n = jnp.sqrt(jnp.mean(jnp.square(scaled)))
+  else:
+    n = optax.tree.norm(scaled)
+  trigger = ~(n <= c * inv)
+  factor = c / jnp.where(trigger, n, 1)   # no inf/NaN in the branch not taken
+  return jax.tree.map(lambda x, u: jnp.where(trigger, u * factor, x),
+                      tree, scaled)
+
+
+def _compute_dtype(name: str, tree: Any) -> jnp.dtype:
+  """The promoted float dtype of ``tree``'s leaves and float32.
+
+  Raises ``TypeError`` naming the first leaf that is not a real float.
+  """
+  dtypes = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{name} must hold real float arrays (float16, bfloat16, float32 "
+          f"or float64); leaf {jax.tree_util.keystr(path) or '(root)'} has "
+          f"dtype {dtype}")
+    dtypes.append(dtype)
+  return jnp.dtype(jnp.result_type(*dtypes, jnp.float32))
+
+
+def _check_threshold(threshold: Any, dtype: Any) -> None:
+  """``threshold`` must be finite and >= the smallest normal of ``dtype``
+  (subnormals flush to zero on CPU and GPU)."""
+  if _validation.is_traced(threshold):
+    return
+  value = float(threshold)
+  info = jnp.finfo(dtype)
+  # Compare in float64: casting 1e39 to float32 would warn and give inf.
+  if not float(info.tiny) <= value <= float(info.max):
+    raise ValueError(
+        f"threshold must be finite and > 0 in {jnp.dtype(dtype).name}, the "
+        f"dtype the clip computes in: between {float(info.tiny):.4g} and "
+        f"{float(info.max):.4g}, got {threshold!r}")
+
+
+def _check_params(params: Any, grads: Any) -> None:
+  if params is None:
+    raise ValueError("params is required for method='adaptive'")
+  p_def, g_def = jax.tree.structure(params), jax.tree.structure(grads)
+  if p_def != g_def:
+    raise ValueError(f"params must be a pytree shaped like grads; got "
+                     f"{p_def} for grads {g_def}")
+  for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grads)):
+    if jnp.shape(p) != jnp.shape(g):
+      raise ValueError(f"params must be shaped like grads; got a leaf of "
+                       f"shape {jnp.shape(p)} for one of {jnp.shape(g)}")
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def _max_abs(tree: Any) -> jax.Array:
+  """``max |x|`` over every entry; 0 for a tree of empty leaves."""
+  return jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0)
                             for x in jax.tree.leaves(tree)]))
 
 
-def _power_of_two_scale(tree: Any, dtype: Any) -> jax.Array:
-  big = _max_abs(tree, dtype)
+def _power_of_two_scale(tree: Any) -> tuple[jax.Array, jax.Array]:
+  """``(s, 1 / s)``, ``s = 2**(e - 1)`` where ``max |x| = m 2**e``, ``m`` in
+  ``[0.5, 1)``; ``(1, 1)`` for a zero or non-finite tree.
+
+  Callers multiply by ``1 / s`` rather than divide by ``s``: XLA on CPU
+  turns a division by a scalar into a product with its reciprocal, which
+  flushes to zero when subnormal (``1 / 3e38`` in float32). So ``e - 1`` is
+  clipped to ``[minexp, -minexp]`` (``[-126, 126]`` in float32), where both
+  ``s`` and ``1 / s`` are normal; ``max |x / s|`` is then below 4.
+  """
+  big = _max_abs(tree)
+  info = jnp.finfo(big.dtype)
   _, exponent = jnp.frexp(big)
   usable = jnp.isfinite(big) & (big > 0)
-  return jnp.where(usable, jnp.ldexp(jnp.ones((), dtype), exponent),
-                   jnp.ones((), dtype))
+  k = jnp.where(usable, jnp.clip(exponent - 1, info.minexp, -info.minexp), 0)
+  one = jnp.ones((), big.dtype)
+  return jnp.ldexp(one, k), jnp.ldexp(one, -k)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -244,29 +348,26 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-  """L2 norm over all leaves, scaled by max |x| so it cannot overflow.
+  """L2 norm over all leaves (one dtype), scaled by a power of two so the
+  sum of squares cannot overflow.
 
   Non-finite trees get optax's unscaled norm: ``inf`` or ``NaN``, as the
   raw values warrant.
   """
-  dtype = jnp.result_type(*jax.tree.leaves(tree))
-  big = _max_abs(tree, dtype)
-  safe = jnp.where(jnp.isfinite(big) & (big > 0), big, jnp.ones((), dtype))
-  scaled = jax.tree.map(lambda x: x.astype(dtype) / safe, tree)
-  norm = safe * optax.tree.norm(scaled)
-  return jnp.where(_all_finite(tree), norm, optax.tree.norm(tree)).astype(
-      dtype)
+  scale, inv = _power_of_two_scale(tree)
+  norm = scale * optax.tree.norm(jax.tree.map(lambda x: x * inv, tree))
+  return jnp.where(_all_finite(tree), norm, optax.tree.norm(tree))
 
 
 def _cosine(a: Any, b: Any) -> jax.Array:
-  dtype = jnp.result_type(*jax.tree.leaves(a), *jax.tree.leaves(b))
+  """Cosine between two trees of one dtype."""
 
   def unit(tree):
-    big = _max_abs(tree, dtype)
-    tree = jax.tree.map(lambda x: x.astype(dtype) / big, tree)
+    _, inv = _power_of_two_scale(tree)
+    tree = jax.tree.map(lambda x: x * inv, tree)
     return tree, optax.tree.norm(tree)
 
   (ua, na), (ub, nb) = unit(a), unit(b)
   dot = optax.tree.vdot(ua, ub)
-  # Zero vectors give 0/0 = NaN above already; keep it NaN, not a number.
-  return (dot / (na * nb)).astype(dtype)
+  # A zero vector gives 0/0 = NaN here; keep it NaN, not a number.
+  return dot / (na * nb)

@@ -22,7 +22,6 @@ import numpy as np
 
 from exploding import _validation
 from exploding.maps import GradientMap
-from exploding.sweep import sweep
 
 __all__ = ["RemedyComparison", "compare_remedies", "REMEDIES"]
 
@@ -44,6 +43,12 @@ REMEDIES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "orthogonal": ("mlp", {"init": "orthogonal"}),
     },
 }
+
+# The knobs the remedies turn. Passed to every sweep they would change the
+# baseline too (activation="relu" made the "tanh" net a ReLU net), so
+# compare_remedies refuses them; sweep such a variant with ``ex.sweep``.
+_REMEDY_KNOBS = sorted({knob for table in REMEDIES.values()
+                        for _, extra in table.values() for knob in extra})
 
 
 class RemedyComparison(NamedTuple):
@@ -73,11 +78,21 @@ def compare_remedies(kind: str = "rnn", *, weight_scales: Any, length: int,
     weight_scales: ``(n_scales,)`` scales shared by every map.
     length: steps (or depth for an MLP).
     seeds, hidden, key: as in ``sweep`` (``hidden`` is the MLP's width).
-    remedies: a subset of the names above (default: all).
-    **sweep_kwargs: passed to every sweep (e.g. ``batch``, ``method``).
+    remedies: a list of names above (default: all); the baseline
+      ``"tanh"`` (tanh, Gaussian init; a plain RNN or MLP) is always swept.
+    **sweep_kwargs: passed to every sweep (e.g. ``batch``, ``method``,
+      ``bias_scale``, ``progress``); not the knobs the remedies turn
+      (``activation``, ``init``, ``forget_bias``, ``batchnorm``,
+      ``residual``), which would change the baseline too.
 
   Returns:
     ``RemedyComparison``.
+
+  Raises:
+    TypeError: a remedy knob or ``grid`` in ``sweep_kwargs``, or
+      ``remedies`` not a list of names; before any sweep.
+    ValueError: unknown ``kind`` or remedy name (and what ``sweep``
+      rejects, before it computes).
 
   Example:
     >>> import exploding as ex
@@ -87,9 +102,25 @@ def compare_remedies(kind: str = "rnn", *, weight_scales: Any, length: int,
     >>> sorted(r.maps)
     ['relu', 'tanh']
   """
+  import exploding as ex   # the package's sweep (a cycle at import time)
   _validation.check_choice("kind", kind, REMEDIES)
+  for name in sweep_kwargs:
+    if name in _REMEDY_KNOBS or name == "grid":
+      raise TypeError(
+          f"compare_remedies() does not take {name}=: "
+          + ("the grid is weight_scales" if name == "grid" else
+             f"the remedies set {', '.join(_REMEDY_KNOBS)} themselves and "
+             f"the baseline 'tanh' is a tanh net with Gaussian init; sweep "
+             f"another variant with ex.sweep({kind!r}, {name}=...)"))
   table = REMEDIES[kind]
-  names = list(table) if remedies is None else list(remedies)
+  try:
+    names = list(table if remedies is None else remedies)
+  except TypeError:
+    names = None
+  if (isinstance(remedies, str) or names is None
+      or not all(isinstance(n, str) for n in names)):
+    raise TypeError(f"remedies must be a list of names from {list(table)}, "
+                    f"got {remedies!r}")
   for name in names:
     _validation.check_choice("remedies", name, table)
   if "tanh" not in names:
@@ -100,8 +131,8 @@ def compare_remedies(kind: str = "rnn", *, weight_scales: Any, length: int,
     kwargs = {**sweep_kwargs, **extra}
     if model != "mlp":
       kwargs.pop("batch", None)
-    maps[name] = sweep(model, weight_scales=weight_scales, length=length,
-                       seeds=seeds, hidden=hidden, key=key, **kwargs)
+    maps[name] = ex.sweep(model, weight_scales=weight_scales, length=length,
+                          seeds=seeds, hidden=hidden, key=key, **kwargs)
   crit = {n: m.critical_scale() for n, m in maps.items()}
   return RemedyComparison(
       maps=maps, critical_scale=crit,
