@@ -1,31 +1,29 @@
 """LSTM vs RNN: gradient growth over the lag; the forget gate's sigmoid(b_f)^T.
 
 Growth ``log10 ||J_T ... J_1 v||`` of a random unit tangent after T steps
-(forward mode, ``ex.jvp_growth``: every lag from one scan; in distribution
+(forward mode, ``method="jvp"``: every lag from one scan; in distribution
 the same product backprop multiplies), seed mean, for (a) a tanh RNN at
 several weight scales, whose growth is geometric in T at rate about
 ``log g`` below the edge of chaos, and (b, c) an LSTM (recurrent weights at
 scale ``g = 0.01`` and ``g = 1``, no input) at forget bias 0, 1, 3, 5,
 against the cell-path prediction ``T log sigmoid(b_f)``
 (``ex.theory.lstm_forget_gradient``, exact for zero recurrent weights),
-dashed. A larger forget bias turns the
-exponential decay into a slow one: the measured rate per step is printed
+dashed. A larger forget bias turns the exponential decay into a slow one:
+the measured rate per step is printed
 next to the predicted ``log10 sigmoid(b_f)``. At g = 0.01 the cell path
 dominates and the prediction holds; at g = 1 the recurrent path adds to it
 (slower decay than predicted, slight growth at large ``b_f``).
 
-Both networks run in one compiled program (the forget bias is an array
-leaf, so it is vmapped, not recompiled).
+Two sweeps: ``ex.sweep("rnn")`` over the RNN's weight scales and
+``ex.sweep("lstm")`` over the grid recurrent scale x forget bias (both are
+knobs, array leaves of the params, so the whole LSTM grid is one compiled
+program).
 
 Run: ``python experiments/fig05_lstm_vs_rnn.py [--quick]``.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import exploding as ex
@@ -33,43 +31,43 @@ from exploding import plotting
 
 QUICK = {"hidden": 32, "length": 64, "seeds": 2, "key": 0,
          "rnn_scales": [0.5, 0.9, 1.0, 1.1, 1.5, 2.0],
-         "forget_biases": [0.0, 1.0, 3.0, 5.0], "lstm_scales": [0.01, 1.0],
-         "fast_compile": True}
+         "forget_biases": [0.0, 1.0, 3.0, 5.0], "lstm_scales": [0.01, 1.0]}
 FULL = {"hidden": 128, "length": 256, "seeds": 4, "key": 0,
         "rnn_scales": [0.5, 0.9, 1.0, 1.1, 1.5, 2.0],
-        "forget_biases": [0.0, 1.0, 3.0, 5.0], "lstm_scales": [0.01, 1.0],
-        "fast_compile": False}
+        "forget_biases": [0.0, 1.0, 3.0, 5.0], "lstm_scales": [0.01, 1.0]}
+CACHE_VERSION = 2   # bump when compute() changes (2: ex.sweep)
 
 
 def compute(config: dict) -> dict[str, np.ndarray]:
   """Growth against lag for the RNN scales and LSTM forget biases.
 
   Args:
-    config: ``hidden``, ``length`` (T), ``seeds``, ``key``, ``rnn_scales``
-      (tanh RNN weight scales), ``forget_biases``, ``lstm_scales`` (the
-      LSTM's recurrent weight scales), ``fast_compile``.
+    config: ``hidden``, ``length`` (T), ``seeds``, ``key`` (the sweeps'),
+      ``rnn_scales`` (tanh RNN weight scales), ``forget_biases``,
+      ``lstm_scales`` (the LSTM's recurrent weight scales).
 
   Returns:
     ``steps``: (T,) lags 1..T. ``rnn_scales``: (n_g,). ``forget_biases``:
     (n_b,). ``rnn_log10``: (n_g, T), ``lstm_log10``: (n_s, n_b, T) per LSTM
     scale, log10 growth, seed mean. ``lstm_theory_log10``: (n_b, T)
     ``T log10 sigmoid(b_f)``. ``rnn_rate`` (n_g,), ``lstm_rate`` (n_s,
-    n_b): measured log10 growth per step (slope over the second half). ``rnn_theory_rate``: (n_g,) mean-field
-    ``rnn_lyapunov_max / ln 10``. ``lstm_scales``: (n_s,). ``hidden``: ().
+    n_b): measured log10 growth per step (slope over the second half).
+    ``rnn_theory_rate``: (n_g,) mean-field ``rnn_lyapunov_max / ln 10``.
+    ``lstm_scales``: (n_s,). ``hidden``: ().
   """
-  n, T, seeds = int(config["hidden"]), int(config["length"]), int(
-      config["seeds"])
+  n, T, seeds = (int(config[k]) for k in ("hidden", "length", "seeds"))
   gs = np.asarray(config["rnn_scales"], np.float64)
   bfs = np.asarray(config["forget_biases"], np.float64)
-  run = _program(n, T, bool(config["fast_compile"]))
-  keys = jax.random.split(jax.random.key(int(config["key"])), seeds)
-  rnn_lg, lstm_lg = jax.device_get(run(
-      jnp.asarray(gs, jnp.float32), jnp.asarray(bfs, jnp.float32),
-      jnp.asarray(config["lstm_scales"], jnp.float32), keys))
+  lstm_gs = np.asarray(config["lstm_scales"], np.float64)
+  common = dict(hidden=n, length=T, seeds=seeds, key=int(config["key"]),
+                progress=False)
+  rnn = ex.sweep("rnn", activation="tanh", weight_scales=gs, **common)
+  lstm = ex.sweep("lstm", grid={"weight_scale": lstm_gs,
+                                "forget_bias": bfs}, **common)
   ln10 = np.log(10.0)
-  rnn_log10 = np.mean(np.asarray(rnn_lg, np.float64), axis=0) / ln10
-  lstm_log10 = np.mean(np.asarray(lstm_lg, np.float64), axis=0) / ln10
-  steps = np.arange(1, T + 1)
+  rnn_log10 = np.mean(rnn.log_growth, axis=-1) / ln10       # (n_g, T)
+  lstm_log10 = np.mean(lstm.log_growth, axis=-1) / ln10     # (n_s, n_b, T)
+  steps = rnn.steps
   per_step = np.array([ex.theory.lstm_forget_gradient(b, 1) for b in bfs])
   return {
       "steps": steps,
@@ -82,7 +80,7 @@ def compute(config: dict) -> dict[str, np.ndarray]:
       "lstm_rate": np.stack([_slope(steps, y) for y in lstm_log10]),
       "rnn_theory_rate": np.asarray(
           ex.theory.rnn_lyapunov_max("tanh", gs)) / ln10,
-      "lstm_scales": np.asarray(config["lstm_scales"], np.float64),
+      "lstm_scales": lstm_gs,
       "hidden": np.array(n),
   }
 
@@ -116,8 +114,7 @@ def plot(results: dict[str, np.ndarray]):
         ax.plot(steps, theory, color=color, ls="--", lw=0.9)
       ax.plot([], [], color="0.3", ls="--", lw=0.9,
               label="$T\\,\\log_{10}\\sigma(b_f)$, theory at W = 0")
-      ax.set_title(f"LSTM ({int(results['hidden'])} units), "
-                   f"recurrent g = {g:g}")
+      ax.set_title(f"LSTM, {int(results['hidden'])} units, g = {g:g}")
       ax.legend(title="forget bias: measured (predicted)\n"
                       "log$_{10}$ growth per step",
                 fontsize=6, title_fontsize=6, loc="upper center",
@@ -139,38 +136,6 @@ def _slope(steps, y):
   half = len(steps) // 2
   x = steps[half:].astype(np.float64)
   return np.array([np.polyfit(x, row[half:], 1)[0] for row in y])
-
-
-@functools.lru_cache(maxsize=4)
-def _program(hidden: int, length: int, fast_compile: bool):
-  """One jitted program: RNN over scales and LSTM over forget biases."""
-
-  def rnn_point(g, key):
-    k_init, k_state, k_probe = jax.random.split(key, 3)
-    p = ex.rnn.init(k_init, hidden).replace(weight_scale=g)
-    h0 = jax.random.normal(k_state, (hidden,))
-    f = lambda h, x: ex.rnn.step(p, h)
-    return ex.jvp_growth(f, h0, length=length, key=k_probe,
-                         homogeneous=False).log_growth
-
-  def lstm_point(bf, g, key):
-    k_init, k_state, k_probe = jax.random.split(key, 3)
-    p = ex.lstm.init(k_init, hidden, forget_bias=0.0).replace(weight_scale=g)
-    p = p.replace(b=p.b.at[hidden:2 * hidden].add(bf))
-    h0, c0 = jax.random.normal(k_state, (2, hidden))
-    f = lambda s, x: ex.lstm.step(p, s)
-    return ex.jvp_growth(f, (h0, c0), length=length, key=k_probe,
-                         homogeneous=False).log_growth
-
-  def run(gs, bfs, lstm_scales, keys):
-    rnn = jax.vmap(jax.vmap(rnn_point, (0, None)), (None, 0))(gs, keys)
-    lstm = jax.vmap(jax.vmap(jax.vmap(lstm_point, (0, None, None)),
-                             (None, 0, None)),
-                    (None, None, 0))(bfs, lstm_scales, keys)
-    return rnn, lstm   # (seeds, n_g, T), (seeds, n_s, n_b, T)
-
-  options = {"xla_backend_optimization_level": 0} if fast_compile else None
-  return jax.jit(run, compiler_options=options)
 
 
 if __name__ == "__main__":

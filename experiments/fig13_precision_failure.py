@@ -2,9 +2,9 @@
 
 Backprop through a T-step RNN ``h_t = phi(g W0 h_(t-1))`` (tanh and ReLU,
 no bias, no input) from a random unit cotangent at ``h_T``, computed two
-ways by ``ex.vjp_growth(..., return_native=True)``: renormalised in log
-space (never overflows; the reference map, float32), and natively, as
-training computes it, in float16, bfloat16 and float32. Over weight scale g
+ways: renormalised in log space (never overflows; the reference map,
+float32), and natively, as training computes it, in float16, bfloat16 and
+float32 (``ex.vjp_growth(..., return_native=True)``). Over weight scale g
 and lag (steps back from ``h_T``), the colour is the log-space gradient
 growth and the hatched regions are, per format, where the native gradient
 norm is ``inf``/NaN or exactly 0 (in at least half the seeds). The native
@@ -19,16 +19,22 @@ to exactly 0 below the edge of chaos (then every gradient is 0: ReLU's
 derivative at 0 is 0) and overflows above it (then the gradient is NaN, or
 an exact 0 through ReLU's mask), at every lag.
 
-One compiled program: the three formats' native passes (tanh and ReLU
-picked by ``lax.switch``), plus the homogeneous log-space ReLU reference,
-whose state is renormalised so that it never overflows.
+The log-space reference is ``ex.sweep(..., method="vjp")`` per activation
+(float32; the built-in ReLU RNN is declared homogeneous, so its state is
+renormalised and never overflows). The native passes are plain engine
+calls, one per activation x format x seed x scale in a Python loop (params
+are data: one compilation per activation and format), on params from
+``ex.rnn.init`` with this figure's own keys: seed s splits
+``jax.random.split(jax.random.key(key), seeds)[s]`` into init, state and
+probe keys, the same unit draws (rounded) in every format. Nothing relies
+on these being the sweep's own draws (with jax's default threefry they
+happen to be): the failure regions are a fraction of seeds, the reference
+map a seed mean.
 
 Run: ``python experiments/fig13_precision_failure.py [--quick]``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +47,10 @@ ACTIVATIONS = ("tanh", "relu")
 DTYPES = ("float16", "bfloat16", "float32")
 
 QUICK = {"hidden": 32, "length": 64, "n_scales": 12, "seeds": 2,
-         "scale_range": [0.3, 3.0], "key": 0, "fast_compile": True}
+         "scale_range": [0.3, 3.0], "key": 0}
 FULL = {"hidden": 128, "length": 256, "n_scales": 36, "seeds": 4,
-        "scale_range": [0.3, 3.0], "key": 0, "fast_compile": False}
+        "scale_range": [0.3, 3.0], "key": 0}
+CACHE_VERSION = 2   # bump when compute() changes (2: sweep + engine loop)
 
 # Native gradient norms are inf, NaN or 0 where a format fails: the point of
 # the figure. Their log10 is therefore legitimately non-finite.
@@ -55,7 +62,8 @@ def compute(config: dict) -> dict[str, np.ndarray]:
 
   Args:
     config: ``hidden``, ``length`` (T), ``n_scales``, ``seeds``,
-      ``scale_range`` ([lo, hi], log-spaced), ``key``, ``fast_compile``.
+      ``scale_range`` ([lo, hi], log-spaced), ``key`` (int: the sweeps'
+      key, and the root of the native passes' own keys).
 
   Returns:
     ``weight_scales``: (n_s,). ``lags``: (T,) 1..T. ``log10_growth``: (2,
@@ -68,42 +76,39 @@ def compute(config: dict) -> dict[str, np.ndarray]:
     log-space map. ``log10_max``, ``log10_tiny``: (3,) each format's
     largest finite and smallest subnormal number. ``hidden``: ().
   """
-  n, T, seeds = int(config["hidden"]), int(config["length"]), int(
-      config["seeds"])
+  n, T, seeds = (int(config[k]) for k in ("hidden", "length", "seeds"))
   gs = np.geomspace(*config["scale_range"], int(config["n_scales"]))
-  run = _program(n, T, bool(config["fast_compile"]))
+  # Engine index t is the gradient t + 1 steps back from h_T: lag t + 1.
+  maps = [ex.sweep("rnn", activation=a, weight_scales=gs, method="vjp",
+                   hidden=n, length=T, seeds=seeds, key=int(config["key"]),
+                   progress=False) for a in ACTIVATIONS]
+  reference = np.stack([m.log_growth for m in maps])     # (2, n_s, T, seeds)
+  norms = np.zeros((len(ACTIVATIONS), len(DTYPES), len(gs), T, seeds))
+  invalid = np.zeros(norms.shape, bool)
   keys = jax.random.split(jax.random.key(int(config["key"])), seeds)
-  native_lg, norms, invalid, relu_lg = jax.device_get(
-      run(jnp.asarray(gs, jnp.float32), keys))
-  # Engine index t is the gradient at h_t; lag = T - t, so reverse time.
-  flip = lambda a: np.asarray(a)[..., ::-1]
-  # native_lg: (seeds, 2 acts, 3 dtypes, n_s, T); relu_lg: (seeds, n_s, T)
-  reference = np.stack([flip(native_lg[:, 0, DTYPES.index("float32")]),
-                        flip(relu_lg)])                # (2, seeds, n_s, T)
-  reference = np.moveaxis(reference, 1, -1).astype(np.float64)
-  norms = np.moveaxis(flip(norms).astype(np.float64), 0, -1)
-  invalid = np.moveaxis(flip(invalid), 0, -1)
+  for s, key in enumerate(keys):
+    k_init, k_state, k_probe = jax.random.split(key, 3)
+    h0 = jax.random.normal(k_state, (n,), jnp.float32)
+    for a, act in enumerate(ACTIVATIONS):
+      for d, dtype in enumerate(DTYPES):
+        p = ex.rnn.init(k_init, n, activation=act, dtype=dtype)
+        for i, g in enumerate(gs):
+          out = ex.vjp_growth(
+              ex.rnn.step, p.replace(weight_scale=jnp.asarray(g, dtype)),
+              h0.astype(dtype), length=T, key=k_probe, return_native=True)
+          norms[a, d, i, :, s] = np.asarray(out.native_norm, np.float64)
+          invalid[a, d, i, :, s] = np.asarray(out.native_invalid)
   with np.errstate(divide="ignore", invalid="ignore"):
     native_log10 = np.log10(norms)
-  lags = np.arange(1, T + 1)
-  critical = []
-  for a in range(len(ACTIVATIONS)):
-    # GradientMap expects steps of backprop (lag) on the length axis.
-    m = ex.GradientMap(log_growth=reference[a],
-                       log_state_norm=np.zeros_like(reference[a]),
-                       overflow_step=np.full((len(gs), seeds), -1),
-                       weight_scales=gs, steps=lags,
-                       config={"model": "rnn", "method": "vjp"})
-    critical.append(m.critical_scale())
   limits = [ex.theory.dtype_limits(d) for d in DTYPES]
   return {
       "weight_scales": gs,
-      "lags": lags,
+      "lags": maps[0].steps,
       "log10_growth": reference.mean(-1) / np.log(10),
       "native_log10_norm": native_log10,
       "invalid_fraction": invalid.mean(-1),
       "zero_fraction": (norms == 0).mean(-1),
-      "critical_scale": np.array(critical),
+      "critical_scale": np.array([m.critical_scale() for m in maps]),
       "log10_max": np.log10([float(lim.max) for lim in limits]),
       "log10_tiny": np.log10([float(lim.smallest_subnormal)
                               for lim in limits]),
@@ -188,52 +193,6 @@ def plot(results: dict[str, np.ndarray]):
         f"10$^{{{0.5 * results['log10_tiny'][0]:.1f}}}$ (float16)",
         fontsize=7)
   return fig
-
-
-@functools.lru_cache(maxsize=4)
-def _program(hidden: int, length: int, fast_compile: bool):
-  """One jitted program: native passes per format, and the ReLU reference."""
-
-  def setup(g, key):
-    k_init, k_state, k_probe = jax.random.split(key, 3)
-    p = ex.rnn.init(k_init, hidden).replace(weight_scale=g)
-    return p, jax.random.normal(k_state, (hidden,)), k_probe
-
-  def native_point(index, g, key):
-    p, h0, k_probe = setup(g, key)
-    lgs, norms, bads = [], [], []
-    for name in DTYPES:
-      dtype = jnp.dtype(name)
-      q = jax.tree.map(lambda a: a.astype(dtype), p)
-      branches = [functools.partial(ex.rnn.step, q.replace(activation=a))
-                  for a in ACTIVATIONS]
-      f = lambda h, x, branches=branches: jax.lax.switch(index, branches, h)
-      out = ex.vjp_growth(f, h0.astype(dtype), length=length, key=k_probe,
-                          homogeneous=False, return_native=True)
-      lgs.append(out.log_growth.astype(jnp.float32))
-      norms.append(out.native_norm.astype(jnp.float32))
-      bads.append(out.native_invalid)
-    return jnp.stack(lgs), jnp.stack(norms), jnp.stack(bads)
-
-  def relu_reference(g, key):
-    p, h0, k_probe = setup(g, key)
-    f = lambda h, x: ex.rnn.step(p.replace(activation="relu"), h)
-    return ex.vjp_growth(f, h0, length=length, key=k_probe,
-                         homogeneous=True).log_growth
-
-  def per_seed(gs, key):
-    over_g = jax.vmap(native_point, in_axes=(None, 0, None))
-    lg, norms, bad = jax.vmap(over_g, in_axes=(0, None, None))(
-        jnp.arange(len(ACTIVATIONS)), gs, key)     # (2, n_s, 3, T)
-    swap = lambda a: jnp.swapaxes(a, 1, 2)         # -> (2, 3, n_s, T)
-    ref = jax.vmap(relu_reference, in_axes=(0, None))(gs, key)
-    return swap(lg), swap(norms), swap(bad), ref
-
-  def run(gs, keys):
-    return jax.vmap(per_seed, in_axes=(None, 0))(gs, keys)
-
-  options = {"xla_backend_optimization_level": 0} if fast_compile else None
-  return jax.jit(run, compiler_options=options)
 
 
 if __name__ == "__main__":
