@@ -368,3 +368,69 @@ def test_qr_sweeps_finish_on_several_host_devices():
   """
   out = _multidevice.run(code, devices=2, timeout=240)
   assert out["devices"] == 2 and out["used"] == [2, 1] and out["finite"]
+
+
+def test_cache_key_knows_the_package_source(tmp_path):
+  """Editing the package (a copy of it) makes the same sweep recompute."""
+  import shutil
+  src = os.path.dirname(os.path.dirname(ex.__file__))
+  copy = tmp_path / "src"
+  shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__",
+                                                           "*.egg-info"))
+  cache = tmp_path / "cache"
+  code = textwrap.dedent(f"""
+  import exploding as ex
+  assert ex.__file__.startswith({str(copy)!r}), ex.__file__
+  ex.sweep("rnn", weight_scales=[0.5, 1.5], length=8, seeds=1, hidden=4,
+           cache_dir={str(cache)!r}, progress=False)
+  """)
+  env = dict(os.environ, PYTHONPATH=str(copy))
+  run = lambda: subprocess.run([sys.executable, "-c", code], env=env,
+                               check=True, cwd=tmp_path)
+  run()
+  first = set(os.listdir(cache))
+  run()
+  assert set(os.listdir(cache)) == first            # same code: reused
+  with open(copy / "exploding" / "_core.py", "a") as fh:
+    fh.write("\n# an edit\n")
+  run()
+  assert len(set(os.listdir(cache)) - first) == len(first)   # recomputed
+
+
+def test_rate_and_critical_scale_edge_cases():
+  # Descending grid values: the crossing is found along increasing g.
+  gs = [2.0, 1.5, 1.0, 0.5]
+  m = ex.sweep("rnn", weight_scales=gs, length=64, seeds=1, hidden=8,
+               activation="linear", init="identity", progress=False)
+  np.testing.assert_allclose(m.rate(), np.log(gs), atol=1e-5)
+  np.testing.assert_allclose(m.critical_scale(), 1.0, atol=1e-4)
+  # A map of length 1: the rate is the one-step growth.
+  one = ex.sweep("rnn", weight_scales=gs, length=1, seeds=2, hidden=8,
+                 activation="linear", init="identity", progress=False)
+  np.testing.assert_allclose(one.rate(), np.log(gs), atol=1e-6)
+  np.testing.assert_allclose(one.critical_scale(), 1.0, atol=1e-4)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+  m = ex.sweep("rnn", weight_scales=[1.0], length=4, seeds=1, hidden=4,
+               cache_dir=tmp_path / "c", progress=False)
+  old = os.umask(0o022)
+  try:
+    m.save(tmp_path / "m.npz")
+  finally:
+    os.umask(old)
+  assert (os.stat(tmp_path / "m.npz").st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(weight_scales=[1e39]), "not representable"),
+    (dict(weight_scales=[1.0], grid={"weight_scale": [1.0]}), "not both"),
+    (dict(grid={"gain": [1.0]}), "knob"),
+    (dict(weight_scales=[1.0], dtype="float64"), "x64"),
+    (dict(weight_scales=[1.0], key=True), "key"),
+    (dict(weight_scales=[1.0], batchnorm=True), "unknown"),
+    (dict(weight_scales=[1.0 + 1j]), "real"),
+])
+def test_sweep_rejects_bad_grids_and_settings(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    ex.sweep("rnn", length=4, seeds=1, hidden=4, progress=False, **kwargs)

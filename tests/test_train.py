@@ -94,9 +94,11 @@ def test_norm_clipping_keeps_it_finite(clipped):
   # Clipping by norm keeps the direction.
   np.testing.assert_allclose(clipped.cosine, 1.0, atol=1e-4)
   # And the clipped run makes progress (measured: 3e-3 to 1e-16 of the
-  # first loss over 6 seeds).
+  # first loss over 6 seeds). A ReLU net at g = 3 still spikes now and then
+  # (which step depends on float32 rounding in the clip): the median of the
+  # last steps, not their mean, is the progress.
   loss = np.asarray(clipped.loss)
-  assert loss[-5:].mean() < 0.1 * loss[0]
+  assert np.median(loss[-10:]) < 0.01 * loss[0]
 
 
 def test_same_start_with_and_without_clipping(exploded, clipped):

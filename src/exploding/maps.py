@@ -218,8 +218,15 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
       np.savez(fh, **arrays)
       fh.flush()
       os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 ignores the umask
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask

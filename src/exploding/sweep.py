@@ -270,7 +270,8 @@ def _grid(grid, weight_scales, p_shape, dtype):
       _validation.check_nonnegative(label, v)
     else:
       _validation.check_finite(label, v)
-    cast = v.astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+      cast = v.astype(dtype)
     if not np.all(np.isfinite(cast)) or np.any((cast == 0) & (v != 0)):
       raise ValueError(f"{label} has values not representable in "
                        f"{dtype} (overflow to inf or underflow to 0): "
