@@ -98,21 +98,39 @@ class GradientMap:
         axes={k: v for k, v in self.axes.items() if k not in indices},
         steps=self.steps, config=config, exponents=pick(self.exponents))
 
-  def rate(self, burn_in: int | None = None) -> np.ndarray:
+  def rate(self, burn_in: int | None = None, *,
+           return_count: bool = False) -> np.ndarray:
     """Mean growth per step: the least-squares slope of ``log_growth``
     against steps after ``burn_in`` (default ``length // 4``), per seed,
     then averaged over seeds.
 
     Only finite values enter a seed's fit (its values before an overflow);
-    a seed whose window holds an exact zero product (-inf) has rate -inf.
-    A map of length 1 has the one-step growth as its rate.
+    a seed whose window holds an exact zero product (-inf) has rate -inf. A
+    seed with fewer than two finite values (its state overflowed early) is
+    left out of the mean: where seeds overflow, the mean is over the rest,
+    biased low exactly where gradients explode; ``return_count=True`` says
+    how many seeds entered each point. A map of length 1 has the one-step
+    growth as its rate.
 
     Returns:
-      ``grid_shape`` float64; NaN where no seed has two finite points.
+      ``grid_shape`` float64 (NaN where no seed has two finite points); with
+      ``return_count``, ``(rate, n_seeds)``, ``n_seeds`` int of the same
+      shape.
     """
+    slope = self._seed_rates(burn_in)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      mean = np.nanmean(slope, axis=-1)
+    if return_count:
+      return mean, np.sum(~np.isnan(slope), axis=-1)
+    return mean
+
+  def _seed_rates(self, burn_in):
+    """``(*grid_shape, n_seeds)`` per-seed slopes (NaN: fewer than two
+    finite points)."""
     T = self.log_growth.shape[-2]
     if T == 1:
-      return np.mean(np.asarray(self.log_growth[..., 0, :], np.float64), -1)
+      return np.asarray(self.log_growth[..., 0, :], np.float64)
     burn_in = T // 4 if burn_in is None else int(burn_in)
     if not 0 <= burn_in <= T - 2:
       raise ValueError(f"burn_in must be in [0, {T - 2}], got {burn_in}")
@@ -127,10 +145,7 @@ class GradientMap:
       slope = ((dx * np.where(ok, y - ym[..., None, :], 0)).sum(-2)
                / (dx**2).sum(-2))
     slope = np.where(n >= 2, slope, np.nan)
-    slope = np.where(np.any(y == -np.inf, axis=-2), -np.inf, slope)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      return np.nanmean(slope, axis=-1)
+    return np.where(np.any(y == -np.inf, axis=-2), -np.inf, slope)
 
   def critical_scale(self, axis: str = "weight_scale",
                      burn_in: int | None = None) -> float | np.ndarray:
