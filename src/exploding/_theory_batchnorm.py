@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from exploding import _theory_gaussian as gauss
 from exploding import _theory_meanfield as mf
 
 
@@ -135,8 +136,8 @@ def _monte_carlo(act, b: int, samples: int, seed: int) -> tuple[float, float]:
     x = xi - xi.mean(axis=1, keepdims=True)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     y = math.sqrt(b) * u
-    d = mf.derivatives(act, y, 1)
-    p = mf.derivatives(act, y, 0)
+    d = gauss.derivatives(act, y, 1)
+    p = gauss.derivatives(act, y, 0)
     d2 = d * d
     # tr(D P D P) - u^T D P D u, with D P D = diag(d^2) - d d^T / B.
     tr = d2.sum(1) * (1 - 2 / b) + d.sum(1)**2 / b**2

@@ -10,9 +10,11 @@ A wide layer ``h' = phi(z)``, ``z = W h + b``, ``W_ij ~ N(0, sigma_w2 / n)``,
   chi_1 = sigma_w2 E[phi'(sqrt(q*) z)^2]
 
 at the fixed point ``q* = V(q*)`` (Schoenholz et al. 2017, eq. 6). Gradients
-vanish for ``chi_1 < 1`` and explode for ``chi_1 > 1``. Gaussian expectations
-use 101-point Gauss-Hermite quadrature in float64 numpy; ReLU, linear,
-hard-tanh and erf use closed forms.
+vanish for ``chi_1 < 1`` and explode for ``chi_1 > 1``. ReLU, linear,
+hard-tanh and erf use closed forms; other Gaussian expectations use
+composite Gauss-Legendre panels fitted to both ``sqrt(q)`` and the
+activation's own scale (``_theory_gaussian``), accurate to ~1e-13 at any
+q (a fixed Gauss-Hermite rule is not once ``sqrt(q)`` is a few units).
 
 References:
   Poole, Lahiri, Raghu, Sohl-Dickstein, Ganguli. Exponential expressivity in
@@ -26,17 +28,16 @@ from __future__ import annotations
 import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from exploding._theory_gaussian import derivatives
+from exploding._theory_gaussian import expect_pair
+from exploding._theory_gaussian import moment
+from exploding._theory_gaussian import moments
 from exploding.activations import Activation, activation as _lookup
 
-_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(101)
-_WEIGHTS = _WEIGHTS / math.sqrt(2.0 * math.pi)  # sum to 1: E under N(0, 1)
-_NODES2, _WEIGHTS2 = np.polynomial.hermite_e.hermegauss(61)
-_WEIGHTS2 = _WEIGHTS2 / math.sqrt(2.0 * math.pi)
-_BISECTION_STEPS = 100
+_ROOT_STEPS = 100  # Newton or bisection steps for q*
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def resolve(act: str | Activation) -> Activation:
@@ -59,82 +60,6 @@ def _scalar(x):
   return float(x) if x.ndim == 0 else x
 
 
-@functools.lru_cache(maxsize=None)
-def _jax_derivatives(fn):
-  d1 = jax.grad(fn)
-  d2 = jax.grad(d1)
-  return (jax.jit(jnp.vectorize(fn)), jax.jit(jnp.vectorize(d1)),
-          jax.jit(jnp.vectorize(d2)))
-
-
-def derivatives(act: Activation, x: np.ndarray, order: int) -> np.ndarray:
-  """``phi^(order)(x)`` in float64 for ``order`` in 0, 1, 2; ``x`` any shape."""
-  x = np.asarray(x, dtype=np.float64)
-  if act.name == "tanh":
-    t = np.tanh(x)
-    return (t, 1.0 - t * t, -2.0 * t * (1.0 - t * t))[order]
-  if act.name == "sigmoid":
-    s = 0.5 * (1.0 + np.tanh(0.5 * x))
-    return (s, s * (1.0 - s), s * (1.0 - s) * (1.0 - 2.0 * s))[order]
-  if act.name == "relu":
-    return (np.maximum(x, 0.0), (x > 0).astype(np.float64),
-            np.zeros_like(x))[order]
-  if act.name == "linear":
-    return (x, np.ones_like(x), np.zeros_like(x))[order]
-  if act.name == "hard_tanh":
-    inside = (np.abs(x) < 1).astype(np.float64)
-    return (np.clip(x, -1.0, 1.0), inside, np.zeros_like(x))[order]
-  with jax.enable_x64(True):  # erf and user activations: autodiff in float64
-    out = _jax_derivatives(act.fn)[order](jnp.asarray(x, jnp.float64))
-    return np.asarray(out, dtype=np.float64)
-
-
-def _quad(act: Activation, q: np.ndarray, kind: str) -> np.ndarray:
-  """A moment of phi at variance q by 101-point Gauss-Hermite."""
-  x = np.sqrt(q)[..., None] * _NODES
-  if kind == "phi2":
-    f = derivatives(act, x, 0)**2
-  elif kind == "dphi2":
-    f = derivatives(act, x, 1)**2
-  elif kind == "dphi4":
-    f = derivatives(act, x, 1)**4
-  else:
-    f = derivatives(act, x, 1)**2 + (derivatives(act, x, 0) *
-                                     derivatives(act, x, 2))
-  return np.sum(f * _WEIGHTS, axis=-1)
-
-
-def moment(act: Activation, q: np.ndarray, kind: str) -> np.ndarray:
-  """Gaussian moments at variance ``q`` (float64, any shape, finite, >= 0).
-
-  ``kind``: ``"phi2"`` E[phi^2], ``"dphi2"`` E[phi'^2], ``"dphi4"`` E[phi'^4],
-  ``"dv"`` d/dq E[phi(sqrt(q) z)^2] = E[phi'^2 + phi phi''] (Stein's lemma;
-  Schoenholz et al. 2017, eq. 4).
-  """
-  q = np.asarray(q, dtype=np.float64)
-  if act.name in ("relu", "linear"):
-    c = 0.5 if act.name == "relu" else 1.0
-    return q * c if kind == "phi2" else np.full_like(q, c)
-  if act.name == "hard_tanh":
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-      a = 1.0 / np.sqrt(q)
-      p_in = np.vectorize(math.erf, otypes=[float])(a / math.sqrt(2.0))
-      a_pdf = np.where(np.isinf(a), 0.0, a * np.exp(-0.5 * a * a))
-    inner = p_in - 2.0 * a_pdf / math.sqrt(2.0 * math.pi)  # E[z^2; |z|<a]
-    if kind == "phi2":
-      return q * inner + (1.0 - p_in)
-    return inner if kind == "dv" else p_in
-  if act.name == "erf":
-    if kind == "phi2":
-      return 2.0 / math.pi * np.arcsin(2.0 * q / (1.0 + 2.0 * q))
-    if kind == "dphi2":
-      return 4.0 / math.pi / np.sqrt(1.0 + 4.0 * q)
-    if kind == "dphi4":
-      return 16.0 / math.pi**2 / np.sqrt(1.0 + 8.0 * q)
-    return 4.0 / (math.pi * (1.0 + 2.0 * q) * np.sqrt(1.0 + 4.0 * q))
-  return _quad(act, q, kind)
-
-
 def q_star(activation, sigma_w2, sigma_b2):
   """Fixed point q* of the variance map ``q -> sigma_w2 E[phi^2] + sigma_b2``.
 
@@ -142,7 +67,8 @@ def q_star(activation, sigma_w2, sigma_b2):
   ``chi_1 < 1``, ``inf`` when ``chi_1 > 1`` or when ``chi_1 = 1`` with
   ``sigma_b2 > 0`` (q grows without bound), and ``nan`` for ``chi_1 = 1``,
   ``sigma_b2 = 0`` (every q is a fixed point). Otherwise q* is the root of
-  ``V(q) - q`` found by bisection on ``[0, hi]``; the built-in maps are
+  ``V(q) - q`` in ``[0, hi]`` by Newton's method (slope ``V'(q)`` by Stein's
+  lemma) safeguarded by bisection; the built-in maps are
   increasing and concave, so it is the unique stable fixed point (0 for tanh
   with ``sigma_b2 = 0``, ``sigma_w2 <= 1``).
 
@@ -169,23 +95,23 @@ def q_star(activation, sigma_w2, sigma_b2):
     with np.errstate(divide="ignore", invalid="ignore"):
       q = np.where(slope < 1, sb / (1.0 - slope), np.inf)
     return _scalar(np.where((slope == 1) & (sb == 0), np.nan, q))
+  shape = sw.shape
+  sw, sb = sw.ravel(), sb.ravel()
 
-  def excess(q):  # V(q) - q
-    return sw * moment(act, q, "phi2") + sb - q
+  def excess(q, at=slice(None)):  # V(q) - q and its slope, at elements ``at``
+    v, dv = moments(act, q, ("phi2", "dv"))
+    return sw[at] * v + sb[at] - q, sw[at] * dv - 1.0
 
-  hi = np.broadcast_to(1.0 + 2.0 * (sw + sb), sw.shape).copy()
+  hi = 1.0 + 2.0 * (sw + sb)
   for _ in range(60):  # grow hi until V(hi) < hi (bounded phi: at once)
-    grow = excess(hi) >= 0
-    if not np.any(grow):
+    unbounded = excess(hi)[0] >= 0
+    if not np.any(unbounded):
       break
-    hi = np.where(grow, 4.0 * hi, hi)
-  lo = np.zeros_like(hi)
-  for _ in range(_BISECTION_STEPS):
-    mid = 0.5 * (lo + hi)
-    up = excess(mid) >= 0
-    lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-  q = np.where(lo == 0, 0.0, 0.5 * (lo + hi))
-  return _scalar(np.where(excess(hi) >= 0, np.inf, q))
+    hi = np.where(unbounded, 4.0 * hi, hi)
+  # As bisection did: q* = 0 once V(q) < q at q = hi 2^-100 (and every q
+  # tried above it).
+  q = _root(excess, np.zeros_like(hi), hi, _ROOT_STEPS, hi * 2.0**-100)
+  return _scalar(np.where(unbounded, np.inf, q).reshape(shape))
 
 
 def chi1(activation, sigma_w2, sigma_b2):
@@ -288,21 +214,6 @@ def depth_scale_q(activation, sigma_w2, sigma_b2):
   return _scalar(np.where(slope <= 0, 0.0, xi))
 
 
-def _pair(act, q, c):
-  """(phi(u1), phi(u2), phi'(u1), phi'(u2)) on the 61x61 grid, corr c."""
-  z1, z2 = _NODES2[:, None], _NODES2[None, :]
-  s = np.sqrt(q)[..., None, None]
-  c = c[..., None, None]
-  u1 = s * z1
-  u2 = s * (c * z1 + np.sqrt(np.maximum(1.0 - c * c, 0.0)) * z2)
-  return (derivatives(act, u1, 0), derivatives(act, u2, 0),
-          derivatives(act, u1, 1), derivatives(act, u2, 1))
-
-
-def _expect2(values):
-  return np.einsum("...ij,i,j->...", values, _WEIGHTS2, _WEIGHTS2)
-
-
 def c_star(activation, sigma_w2, sigma_b2):
   """Fixed point c* of the correlation map between two inputs.
 
@@ -310,7 +221,8 @@ def c_star(activation, sigma_w2, sigma_b2):
   Gaussian, variances q*, correlation c (Schoenholz et al. 2017, eq. 5).
   ``c* = 1`` in the ordered phase (``chi_1 <= 1``), and for ReLU and linear
   everywhere (their normalised correlation map only ever approaches 1);
-  ``c* < 1`` in the chaotic phase, by bisection with 61x61-point quadrature.
+  ``c* < 1`` in the chaotic phase: the root of ``c' - c`` by Newton's
+  method safeguarded by bisection, with iterated one-dimensional quadrature.
 
   Args:
     activation: a name or an ``Activation``.
@@ -321,28 +233,22 @@ def c_star(activation, sigma_w2, sigma_b2):
     c* in [0, 1], float or float64 array.
 
   References:
-    Schoenholz et al. 2017, eq. 5; Poole et al. 2016, eq. 5.
+    Schoenholz et al. 2017, eq. 5; Poole et al. 2016, eq. 5. Price. A
+    useful theorem for nonlinear devices having Gaussian inputs. IRE Trans.
+    Inf. Theory 1958 (the slope of the map).
   """
   act = resolve(activation)
   sw, sb = np.broadcast_arrays(as_float("sigma_w2", sigma_w2, positive=True),
                                as_float("sigma_b2", sigma_b2))
   if act.name in ("relu", "linear"):
     return _scalar(np.ones_like(sw))
-  q = np.asarray(q_star(act, sw, sb))
   chaotic = np.asarray(chi1(act, sw, sb)) > 1
-  qc = np.where(chaotic, q, 1.0)
-
-  def excess(c):
-    p1, p2, _, _ = _pair(act, qc, c)
-    return (sw * _expect2(p1 * p2) + sb) / qc - c
-
-  lo, hi = np.zeros_like(sw), np.full_like(sw, 1.0 - 1e-9)
-  for _ in range(60):
-    mid = 0.5 * (lo + hi)
-    up = excess(mid) >= 0
-    lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-  return _scalar(np.where(chaotic, np.where(lo == 0, 0.0, 0.5 * (lo + hi)),
-                          1.0))
+  out = np.ones(sw.shape)
+  if np.any(chaotic):
+    sw, sb = sw[chaotic], sb[chaotic]
+    q = np.asarray(q_star(act, sw, sb))
+    out[chaotic] = _chaotic_c_star(act, sw, sb, q)
+  return _scalar(out)
 
 
 def depth_scale_c(activation, sigma_w2, sigma_b2):
@@ -367,12 +273,63 @@ def depth_scale_c(activation, sigma_w2, sigma_b2):
   act = resolve(activation)
   sw, sb = np.broadcast_arrays(as_float("sigma_w2", sigma_w2, positive=True),
                                as_float("sigma_b2", sigma_b2))
-  chi = np.asarray(chi1(act, sw, sb), dtype=np.float64)
-  if act.name not in ("relu", "linear") and np.any(chi > 1):
-    c = np.asarray(c_star(act, sw, sb))
+  chi = np.array(chi1(act, sw, sb), dtype=np.float64)
+  chaotic = chi > 1
+  if act.name not in ("relu", "linear") and np.any(chaotic):
+    sw, sb = sw[chaotic], sb[chaotic]
     q = np.asarray(q_star(act, sw, sb))
-    _, _, d1, d2 = _pair(act, np.where(chi > 1, q, 1.0), c)
-    chi = np.where(chi > 1, sw * _expect2(d1 * d2), chi)
+    c = _chaotic_c_star(act, sw, sb, q)
+    dphi = functools.partial(derivatives, act, order=1)
+    chi[chaotic] = sw * expect_pair((dphi,), q, c)[0]
   with np.errstate(divide="ignore"):
     return _scalar(np.where(chi < 1, -1.0 / np.log(np.minimum(chi, 1.0)),
                             np.inf))
+
+
+def _chaotic_c_star(act: Activation, sw: np.ndarray, sb: np.ndarray,
+                    q: np.ndarray) -> np.ndarray:
+  """c* for 1-d arrays of chaotic (``chi_1 > 1``) points with q* = ``q``."""
+  phi = functools.partial(derivatives, act, order=0)
+  dphi = functools.partial(derivatives, act, order=1)
+
+  def excess(c, at):  # slope: d/dc E[phi phi] = q E[phi' phi'] (Price 1958)
+    e, de = expect_pair((phi, dphi), q[at], c)
+    return (sw[at] * e + sb[at]) / q[at] - c, sw[at] * de - 1.0
+
+  return _root(excess, np.zeros_like(sw), np.full_like(sw, 1.0 - 1e-9), 60,
+               np.full_like(sw, 2.0**-60))
+
+
+def _root(fn, lo: np.ndarray, hi: np.ndarray, steps: int,
+          floor: np.ndarray) -> np.ndarray:
+  """Roots of ``g`` in ``[lo, hi]`` with ``g(lo) >= 0 > g(hi)``, elementwise.
+
+  Newton steps, replaced by bisection where they would leave the bracket
+  (Press et al., Numerical Recipes, 3rd ed. 2007, Section 9.4, ``rtsafe``);
+  ``fn(x, at)`` returns ``(g, g')`` at the elements ``at`` (flat indices of
+  ``lo``). An element is done when the Newton step or the bracket is ~1 ulp,
+  and is 0 once ``g < 0`` at some x below ``floor`` with ``lo = 0`` (the
+  root is 0 to that resolution, as for tanh with ``sigma_b2 = 0``).
+  """
+  lo, hi = lo.copy(), hi.copy()
+  x = 0.5 * (lo + hi)
+  at = np.arange(x.size)
+  converged = np.zeros(x.size, dtype=bool)
+  for _ in range(steps):
+    xa = x[at]
+    g, dg = fn(xa, at)
+    up = g >= 0
+    la, ha = np.where(up, xa, lo[at]), np.where(up, hi[at], xa)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+      newton = xa - g / dg
+    inside = np.isfinite(newton) & (newton > la) & (newton < ha)
+    xn = np.where(inside, newton, 0.5 * (la + ha))
+    zero = (la == 0) & (ha < floor[at])
+    done = ((np.abs(xn - xa) <= 2.0 * _EPS * xa) | (ha - la <= 2.0 * _EPS * ha)
+            | zero)
+    lo[at], hi[at], x[at] = la, ha, xn
+    converged[at[done]] = ~zero[done]
+    at = at[~done]
+    if at.size == 0:
+      break
+  return np.where((lo == 0) & ~converged, 0.0, x)
