@@ -68,8 +68,8 @@ def _deep_linear_log_sigmas(init, depth, width, seed, x64=False):
   p = ex.mlp.init(jax.random.key(seed), width, depth, activation="linear",
                   init=init, dtype="float64" if x64 else None)
   x = jnp.ones((1, width), p.W0.dtype)
-  f = lambda h, layer: ex.mlp.step(p, h, layer)
-  return np.asarray(ex.jacobian_singular_values(f, x, ex.mlp.layers(p)))
+  return np.asarray(ex.jacobian_singular_values(ex.mlp.step, p, x,
+                                                ex.mlp.layers(p)))
 
 
 def test_jacobian_spectrum_orthogonal_is_isometric(x64):
