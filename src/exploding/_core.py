@@ -39,15 +39,23 @@ def acc_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+_LN2 = 0.6931471805599453   # a Python float: weakly typed, keeps the dtype
+
+
 def log_norm(v: jax.Array, axis=None) -> jax.Array:
   """Scaled ``log ||v||`` in at least float32 (``jnp.linalg.norm`` under- and
-  overflows in float32 once ``|log ||v||| > ~44``); -inf for zero, NaN/inf
-  for a non-finite ``v``."""
+  overflows in float32 once ``|log ||v||| > ~44``); -inf for zero, NaN for
+  a non-finite ``v``."""
   v = v.astype(acc_dtype(v.dtype))
   m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-  safe = jnp.where(m > 0, m, 1)
-  s = jnp.sum(jnp.square(v / safe), axis=axis, keepdims=True)
-  out = jnp.log(m) + 0.5 * jnp.log(jnp.where(m > 0, s, 1))
+  # Scale by the exact power of two 2^-e of max|v|, not by 1 / max|v|: XLA
+  # rewrites v / m as v * (1 / m), and 1 / m is subnormal, flushed to 0 on
+  # CPU, once max|v| > 2^126 (float32).
+  _, e = jnp.frexp(jnp.where(m > 0, m, 1))
+  s = jnp.sum(jnp.square(jnp.ldexp(v, -e)), axis=axis, keepdims=True)
+  out = jnp.where(m > 0, e.astype(s.dtype) * _LN2 + 0.5 * jnp.log(s),
+                  jnp.log(m))
+  out = jnp.where(jnp.isfinite(m) | (m == 0), out, jnp.nan)
   return jnp.squeeze(out, axis) if axis is not None else out.reshape(())
 
 
