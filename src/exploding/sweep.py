@@ -439,11 +439,9 @@ def _cast(tree, dtype):
 def _scan_program(model, static, devices, options):
   """One jitted, sharded program per model and static configuration."""
   mesh = Mesh(np.array(devices), ("grid",))
-  point = functools.partial(_per_seed, model, static)
 
   def local(draws, knobs, state0, xs):
-    return jax.vmap(point, in_axes=(0, None, None, None))(draws, knobs,
-                                                          state0, xs)
+    return _chunk(model, static, draws, knobs, state0, xs)
 
   sharded = jax.shard_map(local, mesh=mesh,
                           in_specs=(P(), P("grid"), P(), P()),
@@ -451,57 +449,99 @@ def _scan_program(model, static, devices, options):
   return jax.jit(sharded, compiler_options=dict(options) or None)
 
 
-def _per_seed(model, static, draws, knobs, state0, xs):
-  """Every point of one chunk for one seed: dict of ``(n, ...)`` arrays."""
-  (length, _, method, k, precision, dtype, input_kind, _, _, fused) = static
+def _chunk(model, static, draws, knobs, state0, xs):
+  """Every point of a chunk for every seed, as one batch of ``seeds * n``
+  rows through the core (so its per-step checks see the whole batch and
+  branch for real); returns dict of ``(seeds, n, ...)`` arrays."""
+  (length, seeds, method, k, precision, dtype, input_kind, _, _,
+   fused) = static
   params = draws["params"]
-  if state0 is None:
-    state0 = draws["state0"]
-  if input_kind == "gaussian":
-    xs = draws["xs"]
-  elif input_kind == "model":
-    xs = model.inputs(params, jax.random.wrap_key_data(draws["k_in"]),
-                      length)
-  flat = _core.Flat.of(model.step, state0)
   n = len(next(iter(knobs.values())))
-  H = jnp.broadcast_to(flat.ravel(state0), (n, flat.size))
+  rows = seeds * n
+  if state0 is None:
+    state0 = jax.tree.map(lambda a: a[0], draws["state0"])
+    H = jax.vmap(lambda s: _core.Flat.of(model.step, state0).ravel(s))(
+        draws["state0"])
+  else:
+    H = _core.Flat.of(model.step, state0).ravel(state0)[None].repeat(seeds, 0)
+  flat = _core.Flat.of(model.step, state0)
+  H = jnp.broadcast_to(H[:, None], (seeds, n, flat.size)).reshape(rows, -1)
+  x_axis = None
+  if input_kind == "gaussian":
+    xs, x_axis = jnp.swapaxes(draws["xs"], 0, 1), 0        # (T, seeds, ...)
+  elif input_kind == "model":
+    xs = jax.vmap(lambda p, kd: model.inputs(
+        p, jax.random.wrap_key_data(kd), length))(params, draws["k_in"])
+    xs, x_axis = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), xs), 0
   hom = model.homogeneous if input_kind in ("none", "model") else False
   if callable(hom):
-    hom = jax.vmap(lambda kv: jnp.asarray(
-        hom(_core.set_knobs(params, kv)), bool))(knobs)
+    hom = jax.vmap(lambda p: jax.vmap(lambda kv: jnp.asarray(
+        hom(_core.set_knobs(p, kv)), bool))(knobs))(params).reshape(rows)
+
+  def per_seed_advance(make):
+    """An advance over all rows from a per-seed one, ``make(params)``."""
+    def advance(H, V, x):
+      split = lambda a: None if a is None else a.reshape(
+          (seeds, n) + a.shape[1:])
+      H, V = jax.vmap(lambda p, H, V, x: make(p)(H, V, x),
+                      (0, 0, None if V is None else 0, x_axis))(
+                          params, split(H), split(V), x)
+      merge = lambda a: None if a is None else a.reshape(
+          (rows,) + a.shape[2:])
+      return merge(H), merge(V)
+    return advance
+
   if fused:
-    advance = functools.partial(model.advance, params, knobs)
+    advance = per_seed_advance(
+        lambda p: functools.partial(model.advance, p, knobs))
   else:
-    advance = _core.linearized_advance(flat, params, knobs)
+    advance = per_seed_advance(
+        lambda p: _core.linearized_advance(flat, p, knobs))
   unroll = 1 if fused else _UNROLL
+  tile = lambda a: jnp.broadcast_to(a[:, None], (seeds, n) + a.shape[1:]
+                                    ).reshape((rows,) + a.shape[1:])
   with jax.default_matmul_precision(precision):
     if method == "jvp":
-      V = _core.unit_probes(draws["probe"], flat.dtype)
-      out = _core.propagate(advance, H, jnp.broadcast_to(V, (n,) + V.shape),
-                            xs, length=length, homogeneous=hom, unroll=unroll)
+      V = tile(_core.unit_probes(draws["probe"], flat.dtype))
+      out = _core.propagate(advance, H, V, xs, length=length,
+                            homogeneous=hom, unroll=unroll)
       lg = out["log_growth"][..., 0]
     elif method == "vjp":
       fwd = _core.propagate(advance, H, None, xs, length=length,
                             homogeneous=hom, keep_states=True, unroll=unroll)
-      U = _core.unit_probes(draws["probe"], flat.dtype)
-      bwd = _core.propagate(_core.pullback_advance(flat, params, knobs),
-                            None, jnp.broadcast_to(U, (n,) + U.shape),
-                            (fwd["states"], xs), length=length,
-                            homogeneous=False, reverse=True, unroll=unroll)
+      U = tile(_core.unit_probes(draws["probe"], flat.dtype))
+      pull = per_seed_advance(
+          lambda p: _pull_rows(_core.pullback_advance(flat, p, knobs)))
+      x_all = (fwd["states"], xs)
+      bwd = _core.propagate(
+          lambda _, U, hx: (None, pull(hx[0], U, hx[1])[1]), None, U,
+          x_all,
+          length=length, homogeneous=False, reverse=True, unroll=unroll)
       out = fwd
       lg = jnp.where(fwd["overflow_step"] >= 0, jnp.nan,
                      bwd["log_growth"][::-1, :, 0])
     else:
-      Q = jacobian.initial_frame(draws["probe"], flat.dtype)
-      out = _core.propagate(advance, H, jnp.broadcast_to(Q, (n,) + Q.shape),
-                            xs, length=length, homogeneous=hom, tangent="qr")
+      Q = tile(jax.vmap(lambda q: jacobian.initial_frame(q, flat.dtype))(
+          draws["probe"]))
+      out = _core.propagate(advance, H, Q, xs, length=length,
+                            homogeneous=hom, tangent="qr")
       exponents, cum = jacobian.order_spectrum(out["log_growth"], length)
       lg = cum[..., 0]
-  result = dict(log_growth=lg.T, log_state_norm=out["log_state_norm"].T,
-                overflow_step=out["overflow_step"])
+  per_seed = lambda a: a.reshape((seeds, n) + a.shape[1:])
+  result = dict(log_growth=per_seed(lg.T),
+                log_state_norm=per_seed(out["log_state_norm"].T),
+                overflow_step=per_seed(out["overflow_step"]))
   if method == "lyapunov":
-    result["exponents"] = exponents
+    result["exponents"] = per_seed(exponents)
   return result
+
+
+def _pull_rows(pullback):
+  """A core pull-back as ``(states, U, x) -> (states, U J)``, the shape
+  ``per_seed_advance`` vmaps."""
+  def advance(H, U, x):
+    return H, pullback(None, U, (H, x))[1]
+  return advance
 
 
 # ------------------------------------------------------------ host side
