@@ -387,10 +387,14 @@ def _draws(spec, devices):
   """Every seed's draws, computed on one device (QR-based initialisers hang
   XLA CPU across host devices), then replicated on the mesh."""
   program = _draw_program(spec.model, _draw_static(spec), _compiler_options())
-  with jax.default_device(devices[0]):
-    draws = program(jax.random.key_data(spec.key))
-  mesh = Mesh(np.array(devices), ("grid",))
-  return jax.device_put(draws, NamedSharding(mesh, P()))
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  with jax.default_device(local[0]):
+    draws = jax.tree.map(np.asarray, program(jax.random.key_data(spec.key)))
+  # Every process drew the same numbers; each places its own copies (a
+  # cross-process device_put of a single-device array is not allowed).
+  sharding = NamedSharding(Mesh(np.array(devices), ("grid",)), P())
+  return jax.tree.map(lambda a: jax.make_array_from_callback(
+      a.shape, sharding, lambda idx: a[idx]), draws)
 
 
 def _draw_static(spec):
