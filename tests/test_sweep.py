@@ -434,3 +434,15 @@ def test_saved_files_follow_the_umask(tmp_path):
 def test_sweep_rejects_bad_grids_and_settings(kwargs, match):
   with pytest.raises((ValueError, TypeError), match=match):
     ex.sweep("rnn", length=4, seeds=1, hidden=4, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(weight_scales=np.linspace(0.5, 2, 100_000), length=100_000),
+    dict(weight_scales=[1.0], length=10**9),
+    dict(weight_scales=[1.0], length=4, hidden=200_000),
+])
+def test_impossible_sizes_fail_before_any_work(kwargs):
+  start = time.perf_counter()
+  with pytest.raises(MemoryError, match="GiB"):
+    ex.sweep("rnn", seeds=8, progress=False, **kwargs)
+  assert time.perf_counter() - start < 2.0

@@ -165,7 +165,7 @@ class _Spec:
                        "it jax computes in float32")
     s.method, s.key = method, jacobian.as_key(key)
     s.model = _builtin(model, settings, s.length, s.dtype)
-    p_shape = jax.eval_shape(s.model.init, jax.random.key(0))
+    s.p_shape = p_shape = jax.eval_shape(s.model.init, jax.random.key(0))
     s.axes = _grid(grid, weight_scales, p_shape, s.dtype)
     mesh = np.meshgrid(*s.axes.values(), indexing="ij")
     s.points = {k: m.ravel() for k, m in zip(s.axes, mesh)}
@@ -332,8 +332,9 @@ def _package_source_hash():
 def _check_size(s):
   """Refuses a map that cannot fit in host memory, before any work."""
   n_points = math.prod(len(v) for v in s.axes.values())
-  values = n_points * s.seeds * (s.length * 2 + 1 + s.k)
-  need = 4 * values
+  need = 4 * n_points * s.seeds * (s.length * 2 + 1 + s.k)
+  draws = s.seeds * sum(a.size * a.dtype.itemsize
+                        for a in jax.tree.leaves(s.p_shape))
   try:
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError, AttributeError):
@@ -344,6 +345,11 @@ def _check_size(s):
         f"({n_points} grid points x {s.length} steps x {s.seeds} seeds), "
         f"this machine has {have / 2**30:.1f} GiB: use fewer points, steps "
         "or seeds, or split the grid over several sweeps with cache_dir")
+  if draws > 0.8 * have:
+    raise MemoryError(
+        f"the seeds' parameters need {draws / 2**30:.1f} GiB ({s.seeds} "
+        f"seeds x {draws / s.seeds / 2**20:.1f} MiB), this machine has "
+        f"{have / 2**30:.1f} GiB: use a smaller model or fewer seeds")
 
 
 # ------------------------------------------------------------- the program
