@@ -13,19 +13,18 @@ g and positive: gradients explode at every scale, at the rate Yang et al.
 printed next to the measured one. Residual nets never vanish (the skip path
 keeps the Jacobian near I).
 
-All eight maps come from one compiled program: the positively homogeneous
-ReLU variants (plain, residual, orthogonal; state renormalised) in one
-vmapped group, the others in a second; ``lax.switch`` picks the variant.
+Each map is one ``ex.sweep`` of the built-in MLP (one call per activation
+and variant: they are static settings), over weight scale and seeds; every
+sweep has the same key, so all maps share their seeds' input batches and
+probes.
+The ReLU variants without batch norm are positively homogeneous (no bias):
+their state is renormalised, so their growth runs past float range.
 
 Run: ``python experiments/fig06_mlp_maps.py [--quick]``.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import exploding as ex
@@ -33,15 +32,16 @@ from exploding import plotting
 
 ACTIVATIONS = ("tanh", "relu")
 VARIANTS = ("plain", "batch norm", "residual", "orthogonal")
-# (activation, variant) per program group; group 1 is homogeneous.
-_GROUPS = ((("tanh", "plain"), ("tanh", "batch norm"), ("tanh", "residual"),
-            ("tanh", "orthogonal"), ("relu", "batch norm")),
-           (("relu", "plain"), ("relu", "residual"), ("relu", "orthogonal")))
+# variant -> the MLP's static settings.
+_SETTINGS = {"plain": {}, "batch norm": {"batchnorm": True},
+             "residual": {"residual": True},
+             "orthogonal": {"init": "orthogonal"}}
+CACHE_VERSION = 2
 
 QUICK = {"width": 32, "depth": 32, "batch": 8, "n_scales": 10, "seeds": 1,
-         "scale_range": [0.3, 2.5], "key": 0, "fast_compile": True}
+         "scale_range": [0.3, 2.5], "key": 0}
 FULL = {"width": 64, "depth": 96, "batch": 8, "n_scales": 28, "seeds": 3,
-        "scale_range": [0.3, 2.5], "key": 0, "fast_compile": False}
+        "scale_range": [0.3, 2.5], "key": 0}
 
 
 def compute(config: dict) -> dict[str, np.ndarray]:
@@ -49,7 +49,7 @@ def compute(config: dict) -> dict[str, np.ndarray]:
 
   Args:
     config: ``width``, ``depth`` (L), ``batch`` (B), ``n_scales``, ``seeds``,
-      ``scale_range`` ([lo, hi] of g), ``key``, ``fast_compile``.
+      ``scale_range`` ([lo, hi] of g), ``key``.
 
   Returns:
     ``log_growth``, ``log_state_norm``: (2, 4, n_scales, L, seeds), natural
@@ -60,36 +60,22 @@ def compute(config: dict) -> dict[str, np.ndarray]:
     ``batchnorm_rate``: (2,) predicted nats per layer. ``batch``: ().
   """
   width, depth, batch = (int(config[k]) for k in ("width", "depth", "batch"))
-  seeds = int(config["seeds"])
   gs = np.linspace(*config["scale_range"], int(config["n_scales"]))
-  run = _program(width, depth, batch, bool(config["fast_compile"]))
-  keys = jax.random.split(jax.random.key(int(config["key"])), seeds)
-  outs = jax.device_get(run(jnp.asarray(gs, jnp.float32), keys))
-  shape = (len(ACTIVATIONS), len(VARIANTS))
-  arrays = {}
-  for name, parts in zip(("log_growth", "log_state_norm", "overflow_step"),
-                         zip(*outs)):
-    full = [None] * (shape[0] * shape[1])
-    for group, part in zip(_GROUPS, parts):
-      for j, (act, var) in enumerate(group):
-        # part: (seeds, variants, scales, ...) -> (scales, ..., seeds)
-        full[ACTIVATIONS.index(act) * shape[1] + VARIANTS.index(var)] = (
-            np.moveaxis(np.asarray(part[:, j]), 0, -1))
-    arrays[name] = np.stack(full).reshape(shape + full[0].shape)
-  steps = np.arange(1, depth + 1)
-  rate = np.zeros(shape + (len(gs),))
-  critical = np.zeros(shape)
-  for a in range(shape[0]):
-    for v in range(shape[1]):
-      m = _as_map({k: x[a, v] for k, x in arrays.items()}, gs, steps)
-      rate[a, v] = m.rate()
-      critical[a, v] = m.critical_scale()
+  maps = [[ex.sweep("mlp", weight_scales=gs, length=depth,
+                    seeds=int(config["seeds"]), key=int(config["key"]),
+                    width=width, batch=batch, activation=act,
+                    progress=False, **_SETTINGS[var])
+           for var in VARIANTS] for act in ACTIVATIONS]
+  arrays = {name: np.stack([np.stack([getattr(m, name) for m in row])
+                            for row in maps])
+            for name in ("log_growth", "log_state_norm", "overflow_step")}
   return {
       **arrays,
       "weight_scales": gs,
-      "steps": steps,
-      "rate": rate,
-      "critical_scale": critical,
+      "steps": np.arange(1, depth + 1),
+      "rate": np.array([[m.rate() for m in row] for row in maps]),
+      "critical_scale": np.array([[m.critical_scale() for m in row]
+                                  for row in maps]),
       "mean_field": np.array([np.sqrt(ex.theory.critical_sigma_w2(a, 0.0))
                               for a in ACTIVATIONS]),
       "batchnorm_rate": np.array([
@@ -158,47 +144,8 @@ def _as_map(arrays, gs, steps) -> ex.GradientMap:
   return ex.GradientMap(log_growth=arrays["log_growth"],
                         log_state_norm=arrays["log_state_norm"],
                         overflow_step=arrays["overflow_step"],
-                        weight_scales=gs, steps=steps,
+                        axes={"weight_scale": gs}, steps=steps,
                         config={"model": "mlp", "method": "jvp"})
-
-
-@functools.lru_cache(maxsize=4)
-def _program(width: int, depth: int, batch: int, fast_compile: bool):
-  """One jitted program over (group variant, scale) x seed keys."""
-
-  def point(group, index, g, key):
-    k_init, k_state, k_probe = jax.random.split(key, 3)
-    p = ex.mlp.init(k_init, width, depth).replace(weight_scale=g)
-    w_orth = ex.mlp.init(k_init, width, depth, init="orthogonal").W0
-    is_orth = jnp.asarray([var == "orthogonal" for _, var in _GROUPS[group]])
-    layers = (jnp.where(is_orth[index], w_orth, p.W0), p.b)
-    branches = [
-        functools.partial(ex.mlp.step, p.replace(
-            activation=act, batchnorm=var == "batch norm",
-            residual=var == "residual"))
-        for act, var in _GROUPS[group]]
-
-    def f(h, layer):
-      return jax.lax.switch(index, branches, h, layer)
-
-    h0 = jax.random.normal(k_state, (batch, width))
-    out = ex.jvp_growth(f, h0, layers, key=k_probe, homogeneous=group == 1)
-    return out.log_growth, out.log_state_norm, out.overflow_step
-
-  def per_seed(gs, key):
-    outs = []
-    for group in range(len(_GROUPS)):
-      over_scales = jax.vmap(functools.partial(point, group),
-                             in_axes=(None, 0, None))
-      over_variants = jax.vmap(over_scales, in_axes=(0, None, None))
-      outs.append(over_variants(jnp.arange(len(_GROUPS[group])), gs, key))
-    return tuple(outs)   # per group: (variants, scales, ...)
-
-  def run(gs, keys):
-    return jax.vmap(per_seed, in_axes=(None, 0))(gs, keys)
-
-  options = {"xla_backend_optimization_level": 0} if fast_compile else None
-  return jax.jit(run, compiler_options=options)
 
 
 if __name__ == "__main__":

@@ -10,33 +10,31 @@ mean-field critical line ``sigma_w^2 = critical_sigma_w2("tanh",
 sigma_b^2)``; (b) the mean-field ``log chi_1`` (``ex.theory.chi1``) on the
 same grid and colour scale; (c) the critical line, measured vs predicted.
 
-The whole (sigma_b, sigma_w, seed) grid is one compiled program: biases are
-drawn at unit scale once per seed and scaled by sigma_b inside a
-``jax.vmap``, so sigma_b is an array, not a static setting (a sweep per
-sigma_b would compile once each).
+The whole (sigma_b, sigma_w, seed) grid is one ``ex.sweep`` over the two
+knobs ``bias_scale`` and ``weight_scale`` (one compiled program): biases and
+weights are drawn at unit scale once per seed and scaled per grid point, so
+every point of a seed shares its random matrices and the map is smooth.
+The measured critical line is ``GradientMap.critical_scale("weight_scale")``,
+one crossing per bias scale.
 
 Run: ``python experiments/fig07_phase_diagram.py [--quick]``.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import exploding as ex
 from exploding import plotting
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 QUICK = {"width": 64, "depth": 24, "batch": 2, "n_w": 12, "n_b": 6,
          "sigma_w2": [0.5, 4.0], "sigma_b2": [0.0, 0.5], "seeds": 1,
-         "key": 0, "fast_compile": True}
+         "key": 0}
 FULL = {"width": 256, "depth": 48, "batch": 2, "n_w": 28, "n_b": 12,
         "sigma_w2": [0.5, 4.0], "sigma_b2": [0.0, 0.5], "seeds": 2,
-        "key": 0, "fast_compile": False}
+        "key": 0}
 
 
 def compute(config: dict) -> dict[str, np.ndarray]:
@@ -59,36 +57,24 @@ def compute(config: dict) -> dict[str, np.ndarray]:
   width, depth, batch = (int(config[k]) for k in ("width", "depth", "batch"))
   sw2 = np.linspace(*config["sigma_w2"], int(config["n_w"]))
   sb2 = np.linspace(*config["sigma_b2"], int(config["n_b"]))
-  run = _program(width, depth, batch, bool(config["fast_compile"]))
-  keys = jax.random.split(jax.random.key(int(config["key"])),
-                          int(config["seeds"]))
-  lg, ls, ov = jax.device_get(run(jnp.asarray(np.sqrt(sw2), jnp.float32),
-                                  jnp.asarray(np.sqrt(sb2), jnp.float32),
-                                  keys))
-  # (seeds, n_b, n_w, depth) -> (n_b, n_w, depth, seeds)
-  lg, ls = np.moveaxis(lg, 0, -1), np.moveaxis(ls, 0, -1)
-  ov = np.moveaxis(ov, 0, -1)
-  steps = np.arange(1, depth + 1)
-  rate, critical = [], []
-  for i in range(len(sb2)):
-    m = ex.GradientMap(log_growth=lg[i], log_state_norm=ls[i],
-                       overflow_step=ov[i], weight_scales=np.sqrt(sw2),
-                       steps=steps, config={"model": "mlp", "method": "jvp"})
-    rate.append(m.rate())
-    critical.append(m.critical_scale() ** 2)
-  rate = np.array(rate)
+  m = ex.sweep("mlp", grid={"bias_scale": np.sqrt(sb2),
+                            "weight_scale": np.sqrt(sw2)},
+               length=depth, seeds=int(config["seeds"]),
+               key=int(config["key"]), width=width, batch=batch,
+               activation="tanh", progress=False)
+  rate = m.rate()                                          # (n_b, n_w)
   # The mean-field line rises steeply from sigma_b^2 = 0: sample densely there.
   line_b = np.unique(np.concatenate([
       [sb2[0]], np.geomspace(max(sb2[-1], 1e-3) * 1e-3, sb2[-1], 60)]))
   return {
       "sigma_w2": sw2,
       "sigma_b2": sb2,
-      "log_growth": lg,
+      "log_growth": m.log_growth,
       "rate": rate,
       "log_chi1": 2 * rate,
       "log_chi1_theory": np.log(ex.theory.chi1("tanh", sw2[None, :],
                                                sb2[:, None])),
-      "critical_sw2": np.array(critical),
+      "critical_sw2": m.critical_scale("weight_scale") ** 2,
       "critical_sw2_theory": np.asarray(
           ex.theory.critical_sigma_w2("tanh", sb2)),
       "line_sigma_b2": line_b,
@@ -164,27 +150,6 @@ def plot(results: dict[str, np.ndarray]):
         f"{int(results['depth'])}: per-layer gradient growth $\\chi_1$ "
         f"(JVP, rate after L/4 layers)", fontsize=7)
   return fig
-
-
-@functools.lru_cache(maxsize=4)
-def _program(width: int, depth: int, batch: int, fast_compile: bool):
-  """One jitted program over sigma_b x sigma_w x seed."""
-
-  def point(sw, sb, key):
-    k_init, k_state, k_probe = jax.random.split(key, 3)
-    p = ex.mlp.init(k_init, width, depth, bias_scale=1.0)
-    p = p.replace(weight_scale=sw, b=sb * p.b)
-    h0 = jax.random.normal(k_state, (batch, width))
-    out = ex.jvp_growth(functools.partial(ex.mlp.step, p), h0,
-                        ex.mlp.layers(p), key=k_probe, homogeneous=False)
-    return out.log_growth, out.log_state_norm, out.overflow_step
-
-  def run(sws, sbs, keys):
-    grid = jax.vmap(jax.vmap(point, (0, None, None)), (None, 0, None))
-    return jax.vmap(grid, (None, None, 0))(sws, sbs, keys)
-
-  options = {"xla_backend_optimization_level": 0} if fast_compile else None
-  return jax.jit(run, compiler_options=options)
 
 
 if __name__ == "__main__":

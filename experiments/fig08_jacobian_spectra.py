@@ -10,18 +10,23 @@ orthogonal weights. Linear orthogonal nets are exact isometries (variance
 orthogonal weights and a small bias (so ``q*`` is small and ``phi'`` close
 to 1) come close: dynamical isometry.
 
-Each network is built with ``ex.mlp.init`` at ``weight_scale =
-sqrt(critical_sigma_w2)``, run on one input drawn at the fixed-point
-variance ``q*``, and its Jacobian at every depth materialised with
-``jax.jacfwd`` in float64 (one scan yields all depths). Measured variances
-are compared with ``ex.theory.jacobian_spectrum_moments``.
+Each network is drawn once per seed and init at unit scale
+(``ex.mlp.init``), then given each activation and the critical point
+``weight_scale = sqrt(critical_sigma_w2)`` as data (the scales are leaves:
+no redraw, no recompile per scale). It runs on one input drawn at the
+fixed-point variance ``q*``; the Jacobian of ``ex.mlp.apply`` over its first
+L layers is materialised with ``jax.jacfwd`` in float64 (one small compiled
+function per activation and depth, a Python loop over nets) and the
+singular values of all of them taken by one batched SVD. (The engine's ``ex.jacobian_singular_values`` gives the
+same spectra without forming the product, by QR sweeps over the layers, but
+the clustered orthogonal spectra need ~30 sweeps: about 50x this figure's
+cost at width 160, for products that float64 holds easily at depth 64.)
+Measured variances are compared with ``ex.theory.jacobian_spectrum_moments``.
 
 Run: ``python experiments/fig08_jacobian_spectra.py [--quick]``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +42,7 @@ FULL = {"width": 160, "depths": [2, 8, 32, 64], "seeds": 3,
 
 ACTIVATIONS = ("linear", "relu", "tanh")
 INITS = ("gaussian", "orthogonal")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def compute(config: dict) -> dict[str, np.ndarray]:
@@ -79,13 +84,29 @@ def compute(config: dict) -> dict[str, np.ndarray]:
           theory_mean[a, i, d], theory_var[a, i, d] = (
               ex.theory.jacobian_spectrum_moments(
                   name, int(depth), init=init, sigma_w2=sw2, sigma_b2=sb2))
-    # unsafe_rbg keys: the same statistics as threefry, compiled in a
-    # fraction of the time (compilation dominates this figure).
-    key = jax.random.key(int(config["key"]), impl="unsafe_rbg")
-    nets, inputs = _draw(key, width=width, depth=max_depth, seeds=seeds)
-    sv2 = np.asarray(_spectra(
-        nets, inputs, depths - 1, np.sqrt(sigma_w2), np.sqrt(sigma_b2),
-        np.sqrt(q_stars)))
+    # unsafe_rbg keys: the same statistics as threefry, drawn in a fraction
+    # of the time (compilation dominates this figure).
+    k_net, k_in = jax.random.split(
+        jax.random.key(int(config["key"]), impl="unsafe_rbg"))
+    nets = [[_init(k, width, max_depth, init=init, dtype=jnp.float64)
+             for k in jax.random.split(k_net, seeds)] for init in INITS]
+    inputs = jax.random.normal(k_in, (seeds, 1, width), jnp.float64)
+    jacobians = []                        # (act, init, depth, seed) order
+    for a, name in enumerate(ACTIVATIONS):
+      for i in range(len(INITS)):
+        for d, depth in enumerate(depths):
+          for seed, unit in enumerate(nets[i]):
+            # The scales are leaves: set them on the unit draws.
+            first = unit.replace(
+                activation=name, weight_scale=jnp.sqrt(sigma_w2[a]),
+                bias_scale=jnp.sqrt(sigma_b2[a]),
+                W0=unit.W0[:depth], b0=unit.b0[:depth])
+            jacobians.append(_jacobian(first, np.sqrt(q_stars[a])
+                                       * inputs[seed]))
+    # One batched SVD: LAPACK's per-call threading overhead, not the
+    # arithmetic, dominates 160 x 160 SVDs on a busy CPU.
+    sv2 = np.asarray(_squared_singular_values(jnp.stack(jacobians)))
+    sv2 = sv2.reshape(shape + (seeds, width))
   mean = sv2.mean(-1).mean(-1)
   variance = sv2.var(-1).mean(-1)
   return {
@@ -102,54 +123,23 @@ def compute(config: dict) -> dict[str, np.ndarray]:
   }
 
 
-@functools.partial(jax.jit, static_argnames=("width", "depth", "seeds"))
-def _draw(key, *, width, depth, seeds):
-  """Unit-scale nets (linear, ``weight_scale`` 1, ``bias_scale`` 1) for each
-  init, ``seeds`` of each, and ``(seeds, 1, width)`` N(0, 1) inputs.
-
-  Scales and activation are set per figure panel by ``replace``: the weight
-  scale multiplies after the matmul and biases scale linearly, so every
-  activation sees the same random matrices."""
-  init_key, input_key = jax.random.split(key)
-  nets = []
-  for i, init in enumerate(INITS):
-    keys = jax.random.split(jax.random.fold_in(init_key, i), seeds)
-    nets.append(jax.vmap(lambda k, init=init: ex.mlp.init(
-        k, width, depth, bias_scale=1.0, activation="linear", init=init,
-        dtype=jnp.float64))(keys))
-  inputs = jax.random.normal(input_key, (seeds, 1, width), jnp.float64)
-  return nets, inputs
+# One compiled draw per init (eager, the orthogonal draws dispatch op by op).
+_init = jax.jit(ex.mlp.init, static_argnums=(1, 2),
+                static_argnames=("init", "dtype"))
 
 
 @jax.jit
-def _spectra(nets, inputs, layer_index, weight_scales, bias_scales,
-             input_scales):
-  """(n_act, n_inits, n_depths, seeds, width) squared singular values of
-  ``dh_l / dh_0`` at depths ``layer_index + 1``."""
+def _jacobian(p, x):
+  """``(width, width)`` Jacobian ``d apply(p, x) / dx`` at ``x`` of shape
+  ``(1, width)``."""
+  return jax.jacfwd(lambda h: ex.mlp.apply(p, h)[0])(x)[:, 0, :]
 
-  def one(p, x, activation, weight_scale, bias_scale):
-    p = p.replace(activation=activation, weight_scale=weight_scale,
-                  b=bias_scale * p.b)
 
-    def states(x):
-      def body(h, layer):
-        h = ex.mlp.step(p, h, layer)
-        return h, h[0]
-      return jax.lax.scan(body, x, ex.mlp.layers(p))[1]   # (depth, width)
-
-    jac = jax.jacfwd(states)(x)[:, :, 0, :]               # (depth, w, w)
-    return jnp.linalg.svd(jac[layer_index], compute_uv=False) ** 2
-
-  out = []
-  for a, name in enumerate(ACTIVATIONS):
-    per_init = []
-    for p in nets:
-      s = jax.vmap(lambda p, x: one(p, x, name, weight_scales[a],
-                                    bias_scales[a]))(
-          p, input_scales[a] * inputs)
-      per_init.append(jnp.swapaxes(s, 0, 1))              # (depths, seeds, w)
-    out.append(jnp.stack(per_init))
-  return jnp.stack(out)
+@jax.jit
+def _squared_singular_values(matrices):
+  """``(..., n)`` squared singular values of ``(..., n, n)`` matrices,
+  largest first."""
+  return jnp.linalg.svd(matrices, compute_uv=False) ** 2
 
 
 def plot(results: dict[str, np.ndarray]):

@@ -3,26 +3,20 @@
 The autonomous recurrence ``h -> tanh(g W h)``, ``W_ij ~ N(0, 1/n)``, is
 ordered for ``g < 1`` (every tangent shrinks: gradients vanish at the rate
 ``lambda_max = log g``) and chaotic for ``g > 1`` (``lambda_max > 0``:
-gradients explode). The k leading Lyapunov exponents are measured with
-``ex.lyapunov_spectrum`` (QR re-orthonormalisation of k tangents every
-step, Benettin et al. 1980), vmapped over the grid of g and seeds in one
-compiled program; each seed's ``W`` is shared by every g, as in
-``ex.sweep``. (``ex.sweep(..., method="lyapunov")`` computes the same grid
-sharded over devices, but with two or more XLA host devices it deadlocks
-once the QR is large, e.g. n = 128, k = 64, so this figure runs unsharded.) The largest exponent is compared with the
-mean-field prediction ``ex.theory.rnn_lyapunov_max("tanh", g) = 0.5 log
-chi_1`` (Sompolinsky, Crisanti & Sommers 1988), exact as n -> inf; at finite
-n the ordered side sits above ``log g`` by the spectral radius excess of W.
+gradients explode). The k leading Lyapunov exponents are measured by
+``ex.sweep(..., method="lyapunov", k=k)`` (QR re-orthonormalisation of k
+tangents every step, Benettin et al. 1980) over the grid of g and seeds in
+one compiled program; each seed's ``W`` is shared by every g. The largest
+exponent is compared with the mean-field prediction
+``ex.theory.rnn_lyapunov_max("tanh", g) = 0.5 log chi_1`` (Sompolinsky,
+Crisanti & Sommers 1988), exact as n -> inf; at finite n the ordered side
+sits above ``log g`` by the spectral radius excess of W.
 
 Run: ``python experiments/fig09_lyapunov_spectra.py [--quick]``.
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import exploding as ex
@@ -37,7 +31,7 @@ FULL = {"hidden": 128, "k": 64, "length": 600,
                           1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0],
         "spectrum_scales": [0.5, 0.9, 1.2, 1.5, 2.0, 3.0, 4.0], "seeds": 2,
         "key": 0}
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def compute(config: dict) -> dict[str, np.ndarray]:
@@ -57,47 +51,28 @@ def compute(config: dict) -> dict[str, np.ndarray]:
     ``hidden``, ``length``: () ints.
   """
   gs = np.asarray(config["weight_scales"], dtype=np.float64)
-  exponents, cumulative = _spectra(
-      jax.random.key(int(config["key"])), jnp.asarray(gs, jnp.float32),
-      hidden=int(config["hidden"]), k=int(config["k"]),
-      length=int(config["length"]), seeds=int(config["seeds"]))
-  steps = np.arange(1, int(config["length"]) + 1)
+  length = int(config["length"])
+  m = ex.sweep("rnn", weight_scales=gs, length=length,
+               seeds=int(config["seeds"]), method="lyapunov",
+               k=int(config["k"]), key=int(config["key"]),
+               hidden=int(config["hidden"]), activation="tanh",
+               progress=False)
+  steps = np.arange(1, length + 1)
   theory_g = np.geomspace(gs.min(), gs.max(), 200)
   index = np.array([int(np.argmin(np.abs(gs - g)))
                     for g in config["spectrum_scales"]])
   return {
       "weight_scales": gs,
-      "exponents": np.asarray(exponents, np.float64),
-      "running_max": np.asarray(cumulative, np.float64)
+      "exponents": np.asarray(m.exponents, np.float64),
+      # log_growth of a Lyapunov sweep: the running sum of the top exponent.
+      "running_max": np.asarray(m.log_growth, np.float64)
                      / steps[None, :, None],
       "theory_g": theory_g,
       "theory_max": np.asarray(ex.theory.rnn_lyapunov_max("tanh", theory_g)),
       "spectrum_index": index,
       "hidden": np.asarray(int(config["hidden"])),
-      "length": np.asarray(int(config["length"])),
+      "length": np.asarray(length),
   }
-
-
-@functools.partial(jax.jit, static_argnames=("hidden", "k", "length",
-                                             "seeds"))
-def _spectra(key, gs, *, hidden, k, length, seeds):
-  """``(n_g, k, seeds)`` exponents and ``(n_g, T, seeds)`` running sums of
-  the largest one, for ``h -> tanh(g W h)`` from a N(0, 1) state."""
-
-  def one(g, seed):
-    init_key, state_key, probe_key = jax.random.split(
-        jax.random.fold_in(key, seed), 3)
-    p = ex.rnn.init(init_key, hidden, weight_scale=g, activation="tanh")
-    h0 = jax.random.normal(state_key, (hidden,), jnp.float32)
-    ly = ex.lyapunov_spectrum(lambda h, x: ex.rnn.step(p, h, x), h0,
-                              length=length, key=probe_key, k=k,
-                              homogeneous=False)
-    return ly.exponents, ly.cumulative[:, 0]
-
-  seeds_axis = jnp.arange(seeds)
-  exponents, cumulative = jax.vmap(
-      lambda g: jax.vmap(lambda s: one(g, s))(seeds_axis))(gs)
-  return jnp.moveaxis(exponents, 1, 2), jnp.moveaxis(cumulative, 1, 2)
 
 
 def plot(results: dict[str, np.ndarray]):
