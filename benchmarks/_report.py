@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+VARIANTS = {
+    "plain": "plain program: `jit(vmap seeds(vmap scales(scan(jvp))))`",
+    "plain_sharded": "plain program, draws sharded over seeds "
+                     "(`NamedSharding`, jit partitions it)",
+    "sweep": "`ex.sweep` (fused `advance`: one GEMM `[H; V] @ W0^T`)",
+    "generic": "`ex.sweep`, generic core (`advance=None`: vmap of "
+               "`jax.jvp(rnn.step)`)",
+    "O2": "`ex.sweep` at XLA's default backend optimisation level (O2, "
+          "not O1)",
+    "old": "0.1.0 `ex.sweep` (before this change)",
+}
+
 
 def _s(x):
   """Seconds, human-readable."""
@@ -20,6 +32,10 @@ def _met(ok):
   return "**met**" if ok else "**not met**"
 
 
+def _compile(r):
+  return r["compile_s"] + r["trace_s"] + r["lower_s"]
+
+
 def _pair_table(a, HS, left, right, time_key, compile_fn, head_l, head_r):
   """A table of two fresh-process runs, one row per H: time / compile."""
   a(f"| H | {head_l} | {head_r} |")
@@ -31,15 +47,38 @@ def _pair_table(a, HS, left, right, time_key, compile_fn, head_l, head_r):
   a("")
 
 
-def _two_device_gflops(R, H):
-  """GFLOP/s of W on 2 host devices (section 4's fresh process), if run."""
-  d = R.get("devices", {}).get(2, {}).get(str(H))
-  if not d:
+def _groups(R, n):
+  return R["head_to_head"][n]["groups"]
+
+
+def _group_flops(R, group):
+  """FLOPs of one run of a head-to-head group's workload."""
+  model, size = group.split("/")
+  if model == "rnn":
+    return R["roofline"][int(size)]["flops"]
+  return next(o["flops"] for o in R["others"] if o["model"] == model)
+
+
+def _label(group, cfg):
+  model, size = group.split("/")
+  s = cfg["settings"]
+  if model == "rnn":
+    return f"tanh RNN, H={size}"
+  if model == "lstm":
+    return f"LSTM, H={s['hidden']}, T={cfg['length']}"
+  return (f"tanh MLP, width={s['width']}, batch={s['batch']}, "
+          f"depth={cfg['length']}")
+
+
+def _two_device_gflops(R, H, name="sweep"):
+  """GFLOP/s of W on 2 host devices (head to head), if run."""
+  v = _groups(R, 2).get(f"rnn/{H}", {}).get("variants", {}).get(name)
+  if not v:
     return None
-  return R["roofline"][H]["flops"] / d["median_s"] / 1e9
+  return R["roofline"][H]["flops"] / v["median_s"] / 1e9
 
 
-def render(R, flops_per_step) -> str:
+def render(R) -> str:
   e, w = R["env"], R["workload"]
   HS = w["hidden"]
   L = []
@@ -53,25 +92,43 @@ def render(R, flops_per_step) -> str:
   a(f"- date: {e['date']}; total run time {e['total_s']:.0f} s")
   a(f"- machine: {e['cpu']}, {e['cores']} cores, {e['mem_gib']} GiB; "
     f"{e['machine']}")
-  a(f"- load average at start / end: {', '.join(f'{x:.1f}' for x in e['loadavg_start'])}"
-    f" / {', '.join(f'{x:.1f}' for x in e['loadavg_end'])} "
+  a(f"- load average (1, 5, 15 min) at start / end: "
+    f"{', '.join(f'{x:.1f}' for x in e['loadavg_start'])} / "
+    f"{', '.join(f'{x:.1f}' for x in e['loadavg_end'])} "
     "(the box is shared: absolute timings are noisy; compare the ratios, "
     "each measured side by side in this run)")
   a(f"- versions: python {e['python']}, jax {e['jax']}, jaxlib "
     f"{e['jaxlib']}, numpy {e['numpy']}, exploding {e['exploding']} "
     f"(commit {e['commit']}), torch {e['torch']}")
+  o = R["old"]
+  a(f"- 'before this change': exploding 0.1.0 at commit {o['commit']}, "
+    f"imported from `{o['src']}` in its own worker processes"
+    + ("" if o["found"] else " (**not found: rows skipped**; `git worktree "
+       f"add /tmp/exploding-0.1 {o['commit']}`)"))
   a(f"- main process: {e['devices']} device(s), XLA_FLAGS="
     f"`{e['xla_flags']}`")
   a("- timings: median over repeats after one warm-up call; compile time "
     "(trace + lowering + XLA backend compile, from JAX monitoring events) "
     "is reported separately.\n")
-  a(f"**Workload W**: tanh RNN, {w['n_scales']} weight scales in [0.5, 2] x "
-    f"{w['seeds']} seeds = {w['n_points']} points, T = {w['T']} (every "
-    f"prefix), H in {list(HS)}, float32, zero input through a per-seed U "
-    "(`input_size=H`). FLOPs per step per point: 4H^2 + 12H "
-    "(forward + tangent).\n")
+  a(f"**Workload W**: tanh RNN `h' = tanh(g * (W0 @ h))`, {w['n_scales']} "
+    f"weight scales in [0.5, 2] x {w['seeds']} seeds = {w['n_points']} "
+    f"points, T = {w['T']} (every prefix), H in {list(HS)}, float32, zero "
+    "input, no bias. FLOPs per step per point: 4H^2 + 12H (forward + "
+    "tangent).\n")
 
-  # targets
+  _targets(R, a)
+  _head_to_head(R, a)
+  _baselines(R, a)
+  _roofline(R, a)
+  _memory(R, a)
+  _scaling(R, a)
+  _lyapunov(R, a)
+  _compile_levers(R, a)
+  return "\n".join(L) + "\n"
+
+
+def _targets(R, a):
+  w, HS = R["workload"], R["workload"]["hidden"]
   sw, rl, bl = R["sweep"], R["roofline"], R["baselines"]
   hi, lo = HS[-1], HS[0]
   a("## Targets\n")
@@ -98,18 +155,23 @@ def render(R, flops_per_step) -> str:
       r = t["naive_autograd"]["run_s"] / sw[H]["median_s"]
       a(f"| >= 100x faster than naive PyTorch autograd loop (H={H}) | "
         f"{r:.0f}x (extrapolated) | {_met(r >= 100)} |")
+    else:
+      a(f"| >= 100x faster than naive PyTorch autograd loop (H={H}) | "
+        f"torch {t} | not measured |")
   for H, want in zip(HS, (1.5, 1.2)):
     t = bl[H].get("torch")
     if not isinstance(t, dict):
+      a(f"| >= {want}x faster than the best hand-batched PyTorch (H={H}) | "
+        f"torch {t} | not measured |")
       continue
     best = [(v["median_s"], k) for k, v in
             (("eager", t["batched_eager"]),
              ("torch.compile", t.get("batched_compiled")))
             if isinstance(v, dict)]
     tt, kind = min(best)
-    d2 = R.get("devices", {}).get(2, {}).get(str(H))
+    two = _groups(R, 2).get(f"rnn/{H}")
     one = tt / sw[H]["median_s"]
-    two = None if not d2 else tt / d2["median_s"]
+    two = None if not two else tt / two["variants"]["sweep"]["median_s"]
     a(f"| >= {want}x faster than the best hand-batched PyTorch (H={H}) | "
       f"torch {kind} {_s(tt)}: 1 device {one:.2f}x"
       + ("" if two is None else f", 2 host devices {two:.2f}x (torch uses "
@@ -119,7 +181,7 @@ def render(R, flops_per_step) -> str:
     c, d = sw[H]["program_s"], sw[H]["draw_s"]
     a(f"| compile time of a sweep < 1 s (H={H}) | sweep program {c:.2f} s "
       f"(trace + lower + compile, once per config); + draw program "
-      f"{d:.2f} s (once per process and size: threefry); first call "
+      f"{d:.2f} s (once per process and model: threefry); first call "
       f"{sw[H]['first_s']:.2f} s | {_met(c < 1)} per config; "
       f"{_met(c + d < 1)} in a cold process |")
   ok = all(sw[H]["n_local_compiles"] == 1 and
@@ -148,8 +210,91 @@ def render(R, flops_per_step) -> str:
       f" | {_met(sp > 1.0)} |")
   a("")
 
-  # 1. speed
-  a("## 1. `ex.sweep` on W vs baselines\n")
+
+def _head_to_head(R, a):
+  peak = R["gemm_peak"]
+  hh = R["head_to_head"]
+  reps = len(next(iter(next(iter(_groups(R, 1).values()))["variants"]
+                       .values()))["times"])
+  a("## 1. Head to head: `ex.sweep` vs the plain program (issue 12) and vs "
+    "0.1.0\n")
+  a("The plain program is what a researcher writes for the map: `jax.jit` "
+    "of `vmap` over seeds of `vmap` over scales of a `lax.scan` whose step "
+    "is `jax.jvp(lambda h: jnp.tanh(g * (W0 @ h)), (h,), (v,))` plus the "
+    "two norms (`log ||v||`, `v / ||v||`, `log ||h||`), `W0` shared per "
+    "seed; for the LSTM and the MLP the step is `jax.jvp` of "
+    "`ex.lstm.step` / `ex.mlp.step` with params whose `weight_scale` is "
+    "the vmapped leaf. It uses the sweep's own draws and returns host "
+    "arrays, as `ex.sweep` does; it has no compensated sum, no scaled norm "
+    "and no overflow mask. Every variant runs in a live worker process per "
+    f"device count (one more for 0.1.0); the {reps} timed repetitions are "
+    "interleaved across variants and processes (order rotated each "
+    "round), so all rows of a table share the box's load. 'vs plain' is "
+    "run time / the plain program's (below 1: faster than plain); 'diff' "
+    "is the max abs difference of log_growth from `ex.sweep` where both "
+    "are finite (all points / ordered regime g <= 1.4). GFLOP/s count "
+    "matmul FLOPs (RNN: 4H^2 + 12H per point-step; LSTM 16H^2; MLP "
+    f"4 batch width^2); % of the {peak['n']}^2 GEMM peak "
+    f"({peak['gflops']:.1f} GFLOP/s, this run, main process).\n")
+  a("### Summary\n")
+  a("| workload | plain program 1 dev | `ex.sweep` 1 dev | sweep / plain 1 "
+    "dev | plain 2 dev (sharded) | `ex.sweep` 2 dev | sweep / plain 2 dev "
+    "(/ sharded plain) | generic core / plain, 1 dev / 2 dev | 0.1.0 / "
+    "0.2 sweep, 1 dev / 2 dev |")
+  a("|---|---|---|---|---|---|---|---|---|")
+  for group, G in _groups(R, 1).items():
+    v1 = G["variants"]
+    G2 = _groups(R, 2).get(group)
+    v2 = G2["variants"] if G2 else {}
+    t = lambda v, k: v[k]["median_s"] if k in v else None
+    r = lambda x, y: "-" if x is None or y is None else f"{x / y:.2f}"
+    p2, ps2, s2 = t(v2, "plain"), t(v2, "plain_sharded"), t(v2, "sweep")
+    a(f"| {_label(group, G['config'])} | {_s(t(v1, 'plain'))} | "
+      f"{_s(t(v1, 'sweep'))} | {r(t(v1, 'sweep'), t(v1, 'plain'))} | "
+      + (f"{_s(p2)} ({_s(ps2)})" if v2 else "-") + " | "
+      + (_s(s2) if v2 else "-") + " | "
+      + (f"{r(s2, p2)} ({r(s2, ps2)})" if v2 else "-") + " | "
+      + f"{r(t(v1, 'generic'), t(v1, 'plain'))} / "
+      f"{r(t(v2, 'generic'), t(v2, 'plain'))} | "
+      f"{r(t(v1, 'old'), t(v1, 'sweep'))} / {r(t(v2, 'old'), t(v2, 'sweep'))}"
+      " |")
+  a("")
+  for n in sorted(hh):
+    info = hh[n]["info"]
+    a(f"### {n} host device{'s' if n > 1 else ''} "
+      f"(`XLA_FLAGS=--xla_force_host_platform_device_count={n}`)\n")
+    a("Workers: " + "; ".join(f"{k}: exploding {i['version']} from "
+                              f"`{i['exploding']}`, {i['devices']} devices"
+                              for k, i in info.items()) + ".\n")
+    a("| workload | variant | run time | GFLOP/s | % of GEMM peak | vs plain "
+      "| first call (compile) | diff |")
+    a("|---|---|---|---|---|---|---|---|")
+    for group, G in _groups(R, n).items():
+      flops = _group_flops(R, group)
+      plain = G["variants"]["plain"]["median_s"]
+      for name, r in G["variants"].items():
+        gf = flops / r["median_s"] / 1e9
+        label = VARIANTS[name]
+        if name == "sweep" and not group.startswith("rnn/"):
+          label = "`ex.sweep` (generic core: the model has no fused advance)"
+        a(f"| {_label(group, G['config'])} | {label} | "
+          f"{_s(r['median_s'])} | {gf:.1f} | "
+          f"{100 * gf / peak['gflops']:.1f}% | "
+          f"{r['median_s'] / plain:.2f} | {_s(r['first_s'])} "
+          f"({_s(_compile(r))}) | {r['maxdiff']:.1e} / "
+          f"{r['maxdiff_ordered']:.1e} |")
+    a("")
+  a("'0.1.0 / 0.2' above 1: this version is faster. The fused `advance` "
+    "vs the generic core and O2 vs O1 are the performance levers of "
+    "`benchmarks/_levers.py`. Differences in the chaotic regime (g > ~1.6) "
+    "are float non-reproducibility (another GEMM blocking or summation "
+    "order); in the ordered regime they are at float32 rounding.\n")
+
+
+def _baselines(R, a):
+  w, HS = R["workload"], R["workload"]["hidden"]
+  sw, bl = R["sweep"], R["baselines"]
+  a("## 2. `ex.sweep` on W vs per-point baselines\n")
   a("Ratios are baseline time / `ex.sweep` time (1 device, this process). "
     "Rows marked *extrapolated* time a random subset of grid points "
     "(random lengths) and extrapolate linearly: per-point time fitted as "
@@ -160,23 +305,18 @@ def render(R, flops_per_step) -> str:
     a("| method | run time | compile | ratio vs sweep | note |")
     a("|---|---|---|---|---|")
     a(f"| `ex.sweep` (1 device) | {_s(s['median_s'])} | "
-      f"{_s(s['compile_s'] + s['trace_s'] + s['lower_s'])} | 1 | "
-      f"median of {s['repeats']}; first call {_s(s['first_s'])} |")
-    d2 = dv[2][str(H)]
-    a(f"| `ex.sweep` (2 host devices, subprocess) | {_s(d2['median_s'])} | "
-      f"{_s(d2['compile_s'] + d2['trace_s'] + d2['lower_s'])} | "
-      f"{d2['median_s'] / s['median_s']:.2f} | see section 4 for the "
-      "side-by-side 1-device subprocess |")
+      f"{_s(_compile(s))} | 1 | median of {s['repeats']}; first call "
+      f"{_s(s['first_s'])} |")
     p = b["per_point_jvp"]
     a(f"| (a) loop of a hand-jitted per-point JVP scan | {_s(p['median_s'])}"
-      f" | {_s(p['compile_s'] + p['trace_s'] + p['lower_s'])} | "
-      f"{p['median_s'] / s['median_s']:.1f}x | one compile, "
-      f"{w['n_points']} calls |")
+      f" | {_s(_compile(p))} | {p['median_s'] / s['median_s']:.1f}x | one "
+      f"compile, {w['n_points']} calls |")
     p = b["jvp_growth_per_point"]
-    a(f"| (a') `ex.jvp_growth` per point (fresh closure) | {_s(p['run_s'])}"
-      f" | included | {p['run_s'] / s['median_s']:.0f}x | *extrapolated* "
-      f"from {_s(p['per_point_s'])}/point: a new `functools.partial` per "
-      "point recompiles every call |")
+    a(f"| (a') `ex.jvp_growth(ex.rnn.step, params, h0, key=...)` per point "
+      f"| {_s(p['median_s'])} | {_s(_compile(p))} | "
+      f"{p['median_s'] / s['median_s']:.1f}x | a user calling the engine "
+      f"per point: params are data, one compile serves all "
+      f"{w['n_points']} calls |")
     p = b["naive_grad"]
     a(f"| (b) naive `jax.grad` per (scale, length, seed) | {_s(p['run_s'])} "
       f"| {_s(p['compile_s'])} | {p['run_s'] / s['median_s']:.0f}x | "
@@ -184,9 +324,9 @@ def render(R, flops_per_step) -> str:
       f"({_s(p['compile_per_length_s'])} each x {w['T']}) |")
     t = b["torch"]
     if isinstance(t, str):
-      for name in ("naive autograd loop", "torch.func jvp + vmap",
-                   "hand-batched bmm"):
-        a(f"| (c) PyTorch {name} | {t} | | | |")
+      for name in ("naive autograd loop", "`torch.func` jvp + vmap",
+                   "hand-batched `bmm`"):
+        a(f"| (c) PyTorch {name} | torch {t} | | | |")
     else:
       p = t["naive_autograd"]
       a(f"| (c) PyTorch naive autograd loop | {_s(p['run_s'])} | - | "
@@ -209,32 +349,40 @@ def render(R, flops_per_step) -> str:
           f"{p['median_s'] / s['median_s']:.2f}x | full grid |")
     a("")
 
-  # 2. roofline
-  a("## 2. Roofline\n")
-  g = R["gemm_peak"]
+
+def _roofline(R, a):
+  HS, rl, g = R["workload"]["hidden"], R["roofline"], R["gemm_peak"]
+  a("## 3. Roofline\n")
   a(f"float32 GEMM peak: XLA `{g['n']}x{g['n']} @ {g['n']}x{g['n']}` = "
     f"{g['gflops']:.1f} GFLOP/s ({_s(g['median_s'])}).\n")
   a("| H | W FLOPs | sweep GFLOP/s (1 device) | % of GEMM peak | 2 host "
-    "devices: GFLOP/s, % of peak | XLA scan loop of the sweep's GEMM shape "
-    "| sweep / that loop | stacked shape (2x rows, the sweep's) |")
-  a("|---|---|---|---|---|---|---|---|")
+    "devices: GFLOP/s, % of peak | plain program 1 / 2 devices: % of peak "
+    "| XLA scan loop of the sweep's GEMM shape | sweep / that loop | "
+    "stacked shape (2x rows, the sweep's) |")
+  a("|---|---|---|---|---|---|---|---|---|")
   for H in HS:
     r = rl[H]
     two = _two_device_gflops(R, H)
     two = "-" if two is None else (
         f"{two:.1f}, {100 * two / g['gflops']:.1f}%")
+    pl = [r["flops"] / _groups(R, n)[f"rnn/{H}"]["variants"]["plain"]
+          ["median_s"] / 1e9 for n in (1, 2)]
     a(f"| {H} | {r['flops'] / 1e9:.2f} G | {r['gflops']:.1f} | "
-      f"{100 * r['frac_peak']:.1f}% | {two} | {r['loop']['gflops']:.1f} "
-      f"GFLOP/s (`{r['loop']['shape']}`) | {100 * r['frac_loop']:.1f}% | "
-      f"{r['loop_stacked']['gflops']:.1f} GFLOP/s |")
+      f"{100 * r['frac_peak']:.1f}% | {two} | "
+      f"{100 * pl[0] / g['gflops']:.1f}% / {100 * pl[1] / g['gflops']:.1f}% "
+      f"| {r['loop']['gflops']:.1f} GFLOP/s (`{r['loop']['shape']}`) | "
+      f"{100 * r['frac_loop']:.1f}% | {r['loop_stacked']['gflops']:.1f} "
+      "GFLOP/s |")
   a("")
 
-  # 3. memory
-  a("## 3. Peak memory vs T\n")
+
+def _memory(R, a):
+  mem = R["memory"]
+  Ts = sorted({int(k.split('/')[1]) for k in mem})
+  a("## 4. Peak memory vs T\n")
   a("Peak RSS (VmHWM; `ru_maxrss` would carry the parent's peak across "
     "fork+exec) of a fresh process running one sweep "
-    "(4 scales x 2 seeds, H = 256 unless --quick); 'before' is the RSS "
-    "after imports.\n")
+    "(4 scales x 2 seeds, H = 256 unless --quick).\n")
   a("| method | " + " | ".join(f"T={T}" for T in Ts) + f" | ratio "
     f"T={Ts[-1]}/T={Ts[0]} |")
   a("|---|" + "---|" * (len(Ts) + 1))
@@ -253,11 +401,16 @@ def render(R, flops_per_step) -> str:
       f"{mem[f'{m}/{Ts[-1]}']['run_peak_mib'] / mem[f'{m}/{Ts[0]}']['run_peak_mib']:.2f}x |")
   a("")
 
-  # 4. scaling
-  sc = R["scaling"]
-  a("## 4. Scaling\n")
-  a("### Devices (fresh process per count, "
-    "`XLA_FLAGS=--xla_force_host_platform_device_count=N`), workload W\n")
+
+def _scaling(R, a):
+  w, HS = R["workload"], R["workload"]["hidden"]
+  sc, dv, g = R["scaling"], R["devices"], R["gemm_peak"]
+  a("## 5. Scaling\n")
+  a("### Devices (`XLA_FLAGS=--xla_force_host_platform_device_count=N`), "
+    "workload W\n")
+  a("1 and 2 devices: the head-to-head workers (section 1); 4 and 8: a "
+    "fresh process each, H = " + str(HS[0]) + " only (they oversubscribe "
+    "2 cores).\n")
   a("| devices | " + " | ".join(f"H={H} time | speed-up | max abs diff vs 1 "
                                  "(all / g<=1.4)" for H in HS) + " |")
   a("|---|" + "---|---|---|" * len(HS))
@@ -265,20 +418,15 @@ def render(R, flops_per_step) -> str:
     cells = []
     for H in HS:
       if str(H) not in dv[n]:
-        cells += ["not run (time budget: oversubscribed, minutes)", "", ""]
+        cells += ["not run (time budget)", "", ""]
         continue
       d = dv[n][str(H)]
       cells += [f"{_s(d['median_s'])}",
                 f"{dv[1][str(H)]['median_s'] / d['median_s']:.2f}x",
                 f"{d['maxdiff']:.1e} / {d['maxdiff_ordered']:.1e}"]
     a(f"| {n} | " + " | ".join(cells) + " |")
-  a("\nDifferences in the chaotic regime (g > ~1.6) are the float "
-    "non-reproducibility noted in DESIGN.md (a different per-device batch "
-    "lets XLA pick another GEMM kernel / summation order); in the ordered "
-    "regime they are at float32 rounding.\n")
-  a(f"### Hidden size ({w['n_points']} points, T = "
-    f"{next(iter(sc['hidden'].values()))['_T'] if False else ''}"
-    f"{64 if not R['quick'] else 32})\n")
+  a("")
+  a(f"### Hidden size ({w['n_points']} points, T = {sc['hidden_T']})\n")
   a("| H | run time | GFLOP/s | % of GEMM peak | compile |")
   a("|---|---|---|---|---|")
   for H, r in sc["hidden"].items():
@@ -299,9 +447,10 @@ def render(R, flops_per_step) -> str:
       f"{_s(r['compile_s'])} |")
   a("")
 
-  # 5. lyapunov
+
+def _lyapunov(R, a):
   ly, cfg = R["lyapunov"], R["lyapunov_cfg"]
-  a("## 5. Lyapunov / k-probe mode\n")
+  a("## 6. Lyapunov / k-probe mode\n")
   a(f"`ex.sweep(..., method=\"lyapunov\", k=k)`, H = {cfg['hidden']}, "
     f"T = {cfg['length']}, {cfg['points']} points (4 scales x 2 seeds); "
     "one QR step = one scan step for all points.\n")
@@ -312,34 +461,16 @@ def render(R, flops_per_step) -> str:
       f"{_s(r['per_point_step_s'])} | {_s(r['compile_s'])} |")
   a("")
 
-  # 6. levers
-  a("## 6. Performance levers (prototypes in `benchmarks/_levers.py`)\n")
-  a("Same grid, keys and draws as `ex.sweep` on W, 1 device, side by side "
-    "in this process. 'diff' is the max abs difference of log_growth from "
-    "`ex.sweep` in the ordered regime (g <= 1.4).\n")
-  for H, out in R["levers"].items():
-    base = out["ex.sweep (1 device)"]["median_s"]
-    a(f"### H = {H}\n")
-    a("| variant | run time | speed-up vs ex.sweep | compile | diff |")
-    a("|---|---|---|---|---|")
-    for name, r in out.items():
-      c = r["compile_s"] + r["trace_s"] + r["lower_s"]
-      a(f"| {name} | {_s(r['median_s'])} | {base / r['median_s']:.2f}x | "
-        f"{_s(c)} {r.get('note', '')} | {r['maxdiff_ordered']:.1e} |")
-    a("")
-  if "persistent_cache" in R:
-    pc = R["persistent_cache"]
-    a("### jax's persistent compilation cache (fresh processes, 1 device)\n")
-    a("The `exploding` command and the figure runner turn it on "
-      "(`~/.cache/exploding/xla`); a library user adds "
-      "`jax.config.update(\"jax_compilation_cache_dir\", path)`.\n")
-    compile_s = lambda r: _s(r["program_s"] + r["draw_s"])
-    _pair_table(a, HS, pc["cold"], pc["warm"], "first_s", compile_s,
-                "first process: first call / compile (sweep + draw "
-                "programs)", "second process: first call / compile")
-  for flags, r in R["xla_flags"].items():
-    a(f"### XLA flag `{flags}` (fresh processes, 1 device)\n")
-    _pair_table(a, HS, r["base"], r["alt"], "median_s",
-                lambda b: _s(b["compile_s"]), "default: run / compile",
-                "with flag: run / compile")
-  return "\n".join(L) + "\n"
+
+def _compile_levers(R, a):
+  HS = R["workload"]["hidden"]
+  pc = R["persistent_cache"]
+  a("## 7. jax's persistent compilation cache (fresh processes, 1 "
+    "device)\n")
+  a("The `exploding` command and the figure runner turn it on "
+    "(`~/.cache/exploding/xla`); a library user adds "
+    "`jax.config.update(\"jax_compilation_cache_dir\", path)`.\n")
+  compile_s = lambda r: _s(r["program_s"] + r["draw_s"])
+  _pair_table(a, HS, pc["cold"], pc["warm"], "first_s", compile_s,
+              "first process: first call / compile (sweep + draw "
+              "programs)", "second process: first call / compile")

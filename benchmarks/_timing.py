@@ -61,17 +61,28 @@ def block(x: Any) -> Any:
   return jax.block_until_ready(x)
 
 
-def first_and_median(fn: Callable[[], Any], repeats: int = 5,
-                     max_s: float | None = None) -> dict:
-  """Runs ``fn`` once (warm-up: compile + first run, timed separately) and
-  then ``repeats`` times; returns first-call seconds, compile breakdown and
-  the median steady-state seconds. ``max_s`` stops repeating early once
-  the repeats have used that much time (at least 2 repeats run)."""
+def first_call(fn: Callable[[], Any]) -> dict:
+  """Runs ``fn`` once (warm-up: compile + first run); returns its seconds
+  and the compile breakdown: trace, lowering and backend compile seconds,
+  the backend compilations' names, and trace + lowering + compile of the
+  sweep's scan program (``local``) and draw program (``draw``)."""
   gc.collect()
   with CompileLog() as log:
     t0 = time.perf_counter()
     block(fn())
     first = time.perf_counter() - t0
+  return dict(first_s=first, compile_s=log.total("compile"),
+              trace_s=log.total("trace"), lower_s=log.total("lower"),
+              n_compiles=log.count(), compiled=log.names(),
+              program_s=log.by_fun("local"), draw_s=log.by_fun("draw"))
+
+
+def first_and_median(fn: Callable[[], Any], repeats: int = 5,
+                     max_s: float | None = None) -> dict:
+  """``first_call`` and then ``repeats`` more calls: adds the median,
+  minimum and every steady-state time. ``max_s`` stops repeating early
+  once the repeats have used that much time (at least 2 repeats run)."""
+  out = first_call(fn)
   times = []
   spent = 0.0
   for i in range(repeats):
@@ -82,12 +93,9 @@ def first_and_median(fn: Callable[[], Any], repeats: int = 5,
     spent += dt
     if max_s is not None and i >= 1 and spent > max_s:
       break
-  return dict(first_s=first, median_s=statistics.median(times),
-              min_s=min(times), repeats=len(times), times=times,
-              compile_s=log.total("compile"), trace_s=log.total("trace"),
-              lower_s=log.total("lower"), n_compiles=log.count(),
-              compiled=log.names(), program_s=log.by_fun("local"),
-              draw_s=log.by_fun("draw"))
+  out.update(median_s=statistics.median(times), min_s=min(times),
+             repeats=len(times), times=times)
+  return out
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
