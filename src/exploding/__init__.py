@@ -22,14 +22,14 @@ from exploding.jacobian import jacobian_singular_values
 from exploding.jacobian import jvp_growth
 from exploding.jacobian import lyapunov_spectrum
 from exploding.jacobian import vjp_growth
-from exploding.maps import GradientMap
+from exploding.maps import Estimate, GradientMap
 from exploding.sweep import sweep
 from exploding.remedies import RemedyComparison
 from exploding.remedies import compare_remedies
 
 __all__ = [
-    "Activation", "GradientMap", "Growth", "LyapunovSpectrum", "Model",
-    "RemedyComparison", "activation", "cliff", "clipping", "compare_remedies",
+    "Activation", "Estimate", "GradientMap", "Growth", "LyapunovSpectrum",
+    "Model", "RemedyComparison", "activation", "cliff", "clipping", "compare_remedies",
     "initializers", "jacobian_singular_values",
     "jvp_growth", "lstm", "lyapunov_spectrum", "mlp", "models", "plotting",
     "rnn", "sweep", "tasks", "theory", "train", "vjp_growth",

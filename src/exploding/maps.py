@@ -20,11 +20,36 @@ import os
 import tempfile
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["GradientMap"]
+__all__ = ["GradientMap", "Estimate"]
+
+
+class Estimate(NamedTuple):
+  """A value over seeds with its bootstrap interval.
+
+  Attributes:
+    value: the estimate from all seeds (float, or an array over the grid).
+    low, high: the percentile bootstrap interval over seeds (resampled with
+      replacement; ``level`` of the resamples inside), same shape.
+    n_seeds: how many seeds entered (int, or an int array).
+    level: the interval's coverage, e.g. 0.9.
+  """
+
+  value: Any
+  low: Any
+  high: Any
+  n_seeds: Any
+  level: float
+
+  def __str__(self) -> str:
+    if np.ndim(self.value) == 0:
+      return (f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}] "
+              f"({int(self.n_seeds)} seeds)")
+    return (f"Estimate(value={self.value}, low={self.low}, high={self.high},"
+            f" n_seeds={self.n_seeds}, level={self.level})")
 
 _ARRAYS = ("log_growth", "log_state_norm", "overflow_step", "steps",
            "exponents")
@@ -99,7 +124,8 @@ class GradientMap:
         steps=self.steps, config=config, exponents=pick(self.exponents))
 
   def rate(self, burn_in: int | None = None, *,
-           return_count: bool = False) -> np.ndarray:
+           return_count: bool = False, interval: float | None = None,
+           resamples: int = 2000, seed: int = 0):
     """Mean growth per step: the least-squares slope of ``log_growth``
     against steps after ``burn_in`` (default ``length // 4``), per seed,
     then averaged over seeds.
@@ -112,15 +138,35 @@ class GradientMap:
     how many seeds entered each point. A map of length 1 has the one-step
     growth as its rate.
 
+    Args:
+      burn_in: steps left out of the fit (default ``length // 4``).
+      return_count: also return the number of seeds per point.
+      interval: e.g. ``0.9``: return an ``Estimate`` with the percentile
+        bootstrap interval of the seed mean (seeds resampled with
+        replacement, ``resamples`` times, from ``numpy`` seed ``seed``:
+        deterministic).
+
     Returns:
       ``grid_shape`` float64 (NaN where no seed has two finite points); with
       ``return_count``, ``(rate, n_seeds)``, ``n_seeds`` int of the same
-      shape.
+      shape; with ``interval``, an ``Estimate``.
+
+    Example:
+      >>> import exploding as ex
+      >>> m = ex.sweep("rnn", weight_scales=[0.5, 2.0], length=32, seeds=4,
+      ...              hidden=16, progress=False)
+      >>> est = m.rate(interval=0.9)
+      >>> bool((est.low <= est.value).all() and (est.value <= est.high).all())
+      True
     """
     slope = self._seed_rates(burn_in)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      mean = np.nanmean(slope, axis=-1)
+    mean = _nanmean(slope)
+    if interval is not None:
+      boot = _nanmean(slope[..., _resample_index(slope.shape[-1], resamples,
+                                                 seed)])
+      low, high = _percentiles(boot, interval)
+      return Estimate(mean, low, high, np.sum(~np.isnan(slope), axis=-1),
+                      float(interval))
     if return_count:
       return mean, np.sum(~np.isnan(slope), axis=-1)
     return mean
@@ -148,23 +194,44 @@ class GradientMap:
     return np.where(np.any(y == -np.inf, axis=-2), -np.inf, slope)
 
   def critical_scale(self, axis: str = "weight_scale",
-                     burn_in: int | None = None) -> float | np.ndarray:
+                     burn_in: int | None = None, *,
+                     interval: float | None = None, resamples: int = 2000,
+                     seed: int = 0):
     """Where ``rate()`` first crosses zero from below along ``axis``
     (increasing knob values), linearly interpolated between grid values;
     NaN where it never does.
 
+    Args:
+      axis: the grid axis to cross along.
+      burn_in: as in ``rate``.
+      interval: e.g. ``0.9``: return an ``Estimate`` whose ``low``/``high``
+        are the percentile bootstrap interval of the crossing (seeds
+        resampled with replacement, the crossing of each resample's mean
+        rate; ``resamples`` resamples from ``numpy`` seed ``seed``). Where
+        some resamples never cross, the interval is over those that do.
+
     Returns:
       A float for a 1-axis map; else an array over the other axes (e.g.
-      the critical weight scale at each bias scale: the critical line).
+      the critical weight scale at each bias scale: the critical line);
+      with ``interval``, an ``Estimate``.
     """
     if axis not in self.axes:
       raise ValueError(f"axis must be one of {list(self.axes)}, got {axis!r}")
     i = list(self.axes).index(axis)
     g = np.asarray(self.axes[axis], np.float64)
     order = np.argsort(g, kind="stable")
-    r = np.moveaxis(self.rate(burn_in), i, -1)[..., order]
-    out = np.apply_along_axis(_first_crossing, -1, r, g[order])
-    return float(out) if out.ndim == 0 else out
+    slope = np.moveaxis(self._seed_rates(burn_in), i, -2)[..., order, :]
+    out = _crossings(_nanmean(slope), g[order])
+    if interval is None:
+      return float(out) if out.ndim == 0 else out
+    boot = _nanmean(slope[..., _resample_index(slope.shape[-1], resamples,
+                                               seed)])   # (..., n_g, B)
+    low, high = _percentiles(_crossings(np.moveaxis(boot, -1, 0), g[order]),
+                             interval, axis=0)
+    n = np.sum(~np.isnan(slope), axis=-1).min(-1)
+    as_out = lambda a: float(a) if np.ndim(a) == 0 else a
+    return Estimate(as_out(out), as_out(low), as_out(high), as_out(n),
+                    float(interval))
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes one ``.npz`` (arrays + JSON config), atomically."""
@@ -208,6 +275,35 @@ class GradientMap:
                      for k, v in self.axes.items())
     return (f"GradientMap({c.get('model')}, method={c.get('method')}, "
             f"shape={self.shape}, {axes})")
+
+
+def _nanmean(a):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(a, axis=-1)
+
+
+def _resample_index(n_seeds, resamples, seed):
+  """``(resamples, n_seeds)`` seed indices drawn with replacement."""
+  if not 0 < int(resamples):
+    raise ValueError(f"resamples must be positive, got {resamples}")
+  return np.random.default_rng(seed).integers(0, n_seeds,
+                                              (int(resamples), n_seeds))
+
+
+def _percentiles(boot, level, axis=-1):
+  if not 0 < level < 1:
+    raise ValueError(f"interval must be in (0, 1), e.g. 0.9; got {level}")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    low, high = np.nanpercentile(boot, [50 * (1 - level), 50 * (1 + level)],
+                                 axis=axis)
+  return low, high
+
+
+def _crossings(r, g):
+  """``_first_crossing`` along the last axis of ``r``."""
+  return np.apply_along_axis(_first_crossing, -1, r, g)
 
 
 def _first_crossing(r, g):
