@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import exploding as ex
 
@@ -45,3 +46,62 @@ def test_rate_reports_how_many_seeds_entered():
   overflowed = np.sum(m.overflow_step[1] >= 0)
   assert overflowed >= 1 and n[1] <= 4
   np.testing.assert_array_equal(rate, m.rate())
+
+
+# ------------------------------------------- carried-scale row norms
+
+
+def _float32_states(step, h0, xs):
+  """The float32 states the engine propagates, and their float64 log
+  norms (-inf for an exactly zero state)."""
+  h, logs = np.asarray(h0, np.float32), []
+  for x in xs:
+    h = np.asarray(step(None, jnp.asarray(h), jnp.asarray(x)))
+    with np.errstate(divide="ignore"):
+      logs.append(np.log(np.linalg.norm(h.astype(np.float64))))
+  return np.array(logs)
+
+
+@pytest.mark.parametrize("factors", [
+    # jumps of 2^60..2^100 in one step, both ways (the carried scale is
+    # wrong for the step after a jump: the branch must catch it)
+    [1e30, 1e-30, 1e-30, 1e30, 1e18, 1e-36, 1.0, 3.0],
+    # decays through every scale down to exact zero (flushed), then back
+    # up from zero in one step, by tiny and by huge amounts
+    [1e-10] * 5 + [0.0, 0.0, 1e-20, 0.0, 1e25, 1e-12, 0.0, 1e36],
+])
+def test_state_norms_exact_through_jumps_and_zeros(factors):
+  # h' = c_t * h + d_t * 1: the state jumps, vanishes and reappears.
+  cs = np.array(factors, np.float32)
+  ds = np.where(cs == 0, np.float32(1e-20), 0).astype(np.float32)
+  ds[-1] = 0
+  xs = np.stack([cs, ds], 1)
+  step = lambda p, h, x: x[0] * h + x[1]
+  h0 = np.linspace(0.5, 1.5, 16).astype(np.float32)
+  g = ex.jvp_growth(step, None, h0, xs, key=0)
+  want = _float32_states(step, h0, xs)
+  np.testing.assert_allclose(np.asarray(g.log_state_norm), want, rtol=2e-6,
+                             atol=2e-6)
+  # The tangent is scaled by c_t: growth is the running sum of log |c_t|.
+  with np.errstate(divide="ignore"):
+    lg = np.cumsum(np.log(np.abs(cs.astype(np.float64))))
+  np.testing.assert_allclose(np.asarray(g.log_growth), lg, rtol=2e-6,
+                             atol=2e-5)
+
+
+def test_vanishing_tanh_state_reads_its_true_tiny_norm():
+  # A tanh RNN at g = 0.3 decays as 0.3^t: its float32 state is ~1e-30 at
+  # t = 57, far below where a plain float32 sum of squares reads 0.
+  p = ex.rnn.init(jax.random.key(0), 16, weight_scale=0.3,
+                  init="identity")
+  h0 = jnp.ones(16)
+  g = ex.jvp_growth(ex.rnn.step, p, h0, length=70, key=0)
+  h, want = 1.0, []
+  for _ in range(70):                         # each unit: h' = tanh(0.3 h)
+    h = np.tanh(0.3 * h)
+    want.append(np.log(4.0 * h))
+  want = np.array(want)
+  ok = want > np.log(1.2e-38 * 4)            # still a normal float32
+  np.testing.assert_allclose(np.asarray(g.log_state_norm)[ok], want[ok],
+                             atol=1e-4)
+  assert np.all(np.asarray(g.log_state_norm)[ok] > -89)

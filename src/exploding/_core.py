@@ -59,39 +59,98 @@ def log_norm(v: jax.Array, axis=None) -> jax.Array:
   return jnp.squeeze(out, axis) if axis is not None else out.reshape(())
 
 
-def batch_log_norms(*Xs: jax.Array) -> tuple[jax.Array, ...]:
-  """``log ||x||`` of every row (last axis) of each batch in ``Xs``,
-  exactly as ``log_norm``, in one pass where it can: the plain sum of
-  squares is exact while it is a normal number far from both ends of the
-  range for every row, and the scaled two-pass ``log_norm`` runs, as a
-  real branch, only on steps where some row is not (zero, huge, tiny,
-  NaN). One predicate and one branch for all batches: on XLA CPU each
-  kernel of a step costs microseconds."""
-  acc = acc_dtype(Xs[0].dtype)
-  ss = [jnp.sum(jnp.square(X.astype(acc)), axis=-1) for X in Xs]
-  # A row with s >= lo loses at most d * tiny / lo of s to flushed squares.
-  lo, hi = (1e-20, 1e37) if acc == jnp.float32 else (1e-280, 1e300)
-  lows = jnp.stack([jnp.min(s) for s in ss])
-  highs = jnp.stack([jnp.max(s) for s in ss])
-  plain = jnp.all(lows >= lo) & jnp.all(highs <= hi)   # False for NaN
-  return jax.lax.cond(plain, lambda: tuple(0.5 * jnp.log(s) for s in ss),
-                      lambda: tuple(log_norm(X, axis=-1) for X in Xs))
+def _ln2_times(k, dtype):
+  """``k * log 2`` for integer-valued ``k``, to full precision: the product
+  with a short ``log 2`` is exact, the remainder is tiny (a plain float32
+  ``k * 0.693..`` is off by up to 4e-6 at |k| = 100)."""
+  hi, lo = 0.693145751953125, 1.4286068203094172e-06   # hi: 16 bits
+  k = k.astype(dtype)
+  return k * hi + k * lo
 
 
-def normalize(v: jax.Array, axis=None, ln=None) -> tuple[jax.Array, jax.Array]:
-  """``(v / ||v||, log ||v||)``; a zero ``v`` stays zero (log -inf).
+def _scale_limits(acc):
+  """``(lo, hi, k_max)``: a row's sum of squares in ``[lo, hi]`` is exact to
+  rounding (no square overflowed; flushed squares lose at most ``d * tiny /
+  lo`` of it); ``2^k_max`` lifts every normal number's square above tiny."""
+  if acc == jnp.float32:
+    return 1e-20, 1e37, 100
+  return 1e-280, 1e300, 900
 
-  In float16/bfloat16 the rounded unit vector's norm differs from one by
-  ~1e-3; that error is folded into the returned log (measured against the
-  vector actually propagated), so it does not accumulate over steps.
+
+def _safe_rows(X):
+  """``(log ||x||, x / ||x||)`` of every row (last axis) of ``X``, scaled by
+  the exact power of two of the row's max: right for any finite row, zero
+  rows give ``(-inf, 0)``, non-finite rows ``NaN``."""
+  acc = acc_dtype(X.dtype)
+  X = X.astype(acc)
+  m = jnp.max(jnp.abs(X), axis=-1, keepdims=True)
+  _, e = jnp.frexp(jnp.where((m > 0) & jnp.isfinite(m), m, 1))
+  Y = jnp.ldexp(X, -e)
+  s = jnp.sum(jnp.square(Y), axis=-1, keepdims=True)
+  log = jnp.where(m > 0, e.astype(acc) * _LN2 + 0.5 * jnp.log(s), jnp.log(m))
+  log = jnp.where(jnp.isfinite(m) | (m == 0), log, jnp.nan)
+  unit = Y * jnp.where(s > 0, jax.lax.rsqrt(jnp.where(s > 0, s, 1)), 0)
+  return log[..., 0], unit
+
+
+def row_norms(Xs, ks):
+  """Log norms and unit rows of every row of each batch in ``Xs``.
+
+  Each row is first multiplied by ``2^k`` (``ks``: int exponents carried
+  from the previous step, so the scaled row sits near norm 1): one pass,
+  fused with the producer, exact to rounding whenever its sum of squares is
+  a normal number far from both ends of the range, which is every row on
+  almost every step (tiny, vanishing states included). Only when some row
+  is not (it jumped by ~2^60 in a step, became zero or non-finite for the
+  first time) does the step take, as a real branch, the two-pass path
+  scaled by each row's max. Rows known to be zero (``k = k_max``: any
+  non-zero normal number would show) or non-finite pass as they are.
+
+  Args:
+    Xs: arrays ``(..., d)``.
+    ks: int32 arrays ``Xs[i].shape[:-1]``.
+
+  Returns:
+    ``(logs, units, ks)``: ``log ||x||`` per row in ``acc_dtype`` (-inf for
+    a zero row, NaN for a non-finite one), the unit rows in ``acc_dtype``
+    (zero rows stay zero), and the exponents for the next step.
   """
-  ln = log_norm(v, axis) if ln is None else ln
-  scale = jnp.exp(jnp.expand_dims(ln, axis) if axis is not None else ln)
-  scale = jnp.where(scale > 0, scale, 1)
-  unit = (v.astype(ln.dtype) / scale).astype(v.dtype)
-  if jnp.dtype(v.dtype).itemsize < 4:
-    ln = ln - jnp.where(jnp.isfinite(ln), log_norm(unit, axis), 0)
-  return unit, ln
+  acc = acc_dtype(Xs[0].dtype)
+  lo, hi, k_max = _scale_limits(acc)
+  one = jnp.ones((), acc)
+
+  ss_list = []
+  for X, k in zip(Xs, ks):
+    Y = X.astype(acc) * jnp.ldexp(one, k)[..., None]
+    ss_list.append(jnp.sum(jnp.square(Y), axis=-1))
+  ok = [((ss >= lo) & (ss <= hi)) | ((ss == 0) & (k == k_max)) | jnp.isnan(ss)
+        for ss, k in zip(ss_list, ks)]
+  everywhere = jnp.all(jnp.stack([jnp.all(o) for o in ok]))
+
+  def cheap():
+    logs, units = [], []
+    for X, k, ss in zip(Xs, ks, ss_list):
+      Y = X.astype(acc) * jnp.ldexp(one, k)[..., None]
+      logs.append(0.5 * jnp.log(ss) - _ln2_times(k, acc))
+      inv = jnp.where(ss > 0, jax.lax.rsqrt(jnp.where(ss > 0, ss, 1)), 0)
+      units.append(Y * inv[..., None])
+    return logs, units
+
+  def careful():
+    pairs = [_safe_rows(X) for X in Xs]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+  logs, units = jax.lax.cond(everywhere, cheap, careful)
+  new_ks = [_next_exponent(log, k_max) for log in logs]
+  return logs, units, new_ks
+
+
+def _next_exponent(log, k_max):
+  """``k`` with ``2^k ||x|| ~ 1`` for the next step's rows: ``k_max`` for a
+  zero row, 0 for a non-finite one."""
+  k = jnp.clip(jnp.round(-log / _LN2), -k_max, k_max)
+  k = jnp.where(log == -jnp.inf, k_max, jnp.where(jnp.isnan(log), 0, k))
+  return k.astype(jnp.int32)
 
 
 def kahan_add(total, comp, x):
@@ -158,32 +217,35 @@ def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
   if tangent not in ("norm", "qr"):
     raise ValueError(f"tangent must be 'norm' or 'qr', got {tangent!r}")
 
+  normed = [A is not None for A in (H, V if tangent == "norm" else None)]
+
   def body(carry, x):
-    H, V, scale, total, comp = carry
+    H, V, scale, total, comp, ks = carry
     out = {}
     if keep_states:
       out["states"] = H
     H, JV = advance(H, V, x)
-    # The logs of every norm of the step in one pass and one branch.
-    rows = [A for A in (H, JV if tangent == "norm" else None)
-            if A is not None]
-    logs = list(batch_log_norms(*rows))
+    # Every norm of the step in one pass per batch and one branch.
+    rows = [A for A, on in zip((H, JV), normed) if on]
+    logs, units, ks = row_norms(rows, ks)
     if H is not None:
-      H, scale, out["log_state_norm"] = _renormalize(H, homogeneous, scale,
-                                                     logs.pop(0))
+      H, scale, out["log_state_norm"] = _renormalize(
+          H, homogeneous, scale, logs.pop(0), units.pop(0))
     if V is not None:
       if tangent == "norm":
-        V, lg = normalize(JV, axis=-1, ln=logs.pop(0))
+        V, lg = _unit_as(units.pop(0), logs.pop(0), JV.dtype)
       else:
         V, lg = _qr_rows(JV)
       total, comp = kahan_add(total, comp, lg)
       out["log_growth"] = total
-    return (H, V, scale, total, comp), out
+    return (H, V, scale, total, comp, ks), out
 
   zeros = jnp.zeros((n,) + (() if V is None else (V.shape[1],)), acc)
   scale = (jnp.zeros(n, acc), jnp.zeros(n, acc))
-  _, out = jax.lax.scan(body, (H, V, scale, zeros, zeros), xs, length=length,
-                        reverse=reverse, unroll=unroll)
+  ks = [jnp.zeros(A.shape[:-1], jnp.int32)
+        for A, on in zip((H, V), normed) if on]
+  _, out = jax.lax.scan(body, (H, V, scale, zeros, zeros, ks), xs,
+                        length=length, reverse=reverse, unroll=unroll)
   if H is not None:
     out["overflow_step"] = overflow_index(out["log_state_norm"])
     if V is not None:
@@ -191,13 +253,24 @@ def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
   return out
 
 
-def _renormalize(H, homogeneous, scale, ln):
-  """Rows of a homogeneous state are divided by their norm (``ln``, the
-  rows' log norms), whose log is summed in ``scale`` (a Kahan pair);
+def _unit_as(unit, ln, dtype):
+  """Unit rows (``acc_dtype``) cast to ``dtype``; in float16/bfloat16 the
+  rounded rows' norm differs from one by ~1e-3, folded into the returned log
+  (measured against the vector actually propagated), so it does not
+  accumulate over steps."""
+  out = unit.astype(dtype)
+  if jnp.dtype(dtype).itemsize < 4:
+    ln = ln - jnp.where(jnp.isfinite(ln), log_norm(out, -1), 0)
+  return out, ln
+
+
+def _renormalize(H, homogeneous, scale, ln, unit):
+  """Rows of a homogeneous state are replaced by their unit rows (``unit``;
+  ``ln`` their log norms), whose log is summed in ``scale`` (a Kahan pair);
   returns ``(H, scale, log ||h_true||)``."""
   if homogeneous is False:
     return H, scale, ln
-  unit, _ = normalize(H, axis=-1, ln=ln)
+  unit, ln = _unit_as(unit, ln, H.dtype)
   new = kahan_add(*scale, ln)
   if homogeneous is True:
     return unit, new, new[0]
