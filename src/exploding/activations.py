@@ -21,6 +21,11 @@ import jax.numpy as jnp
 __all__ = ["Activation", "activation", "ACTIVATIONS"]
 
 
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 class Activation(NamedTuple):
   """A named elementwise nonlinearity.
 

@@ -47,6 +47,15 @@ import optax
 from exploding import _validation
 from exploding import clipping
 
+__all__ = ["CliffDescent", "cliff_boundary", "cliff_descent", "cliff_loss",
+           "cliff_surface", "critical_weight"]
+
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 # |x0| above which 2 + 2 cosh(x0) exceeds the largest float64.
 _MAX_X0 = math.log(sys.float_info.max)
 

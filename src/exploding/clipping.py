@@ -60,6 +60,14 @@ import optax
 
 from exploding import _validation
 
+__all__ = ["ClipResult", "METHODS", "clip_gradient", "clipper"]
+
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 METHODS = ("none", "value", "norm", "block_rms", "adaptive")
 
 class ClipResult(NamedTuple):

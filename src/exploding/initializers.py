@@ -32,6 +32,11 @@ from exploding import _validation
 __all__ = ["gaussian", "orthogonal", "identity", "initializer", "INITIALIZERS"]
 
 
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 def gaussian(key: jax.Array, shape: tuple[int, int], *,
              weight_scale: Any = 1.0, dtype: Any = None) -> jax.Array:
   """Entries ``N(0, weight_scale^2 / fan_in)``, ``fan_in = shape[-1]``.

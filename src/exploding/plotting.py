@@ -42,6 +42,12 @@ __all__ = [
     "label_panels",
 ]
 
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 # --------------------------------------------------------------------------
 # Style
 # --------------------------------------------------------------------------

@@ -25,6 +25,12 @@ from exploding.maps import GradientMap
 
 __all__ = ["RemedyComparison", "compare_remedies", "REMEDIES"]
 
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 # name -> (model, sweep keyword arguments) applied over the plain tanh net.
 REMEDIES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "rnn": {

@@ -40,6 +40,15 @@ import jax.numpy as jnp
 
 from exploding import _validation
 
+__all__ = ["N_ORDER_CLASSES", "N_SYMBOLS", "Task", "adding_problem",
+           "recall_task", "temporal_order"]
+
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 # Temporal order: symbols 0 ("A") and 1 ("B") are relevant, 2..5 distract.
 N_SYMBOLS = 6
 N_ORDER_CLASSES = 4

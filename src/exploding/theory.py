@@ -94,3 +94,8 @@ __all__ = [
     "rnn_lyapunov_max",
     "underflow_step",
 ]
+
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)

@@ -65,6 +65,12 @@ from exploding.activations import ACTIVATIONS
 
 __all__ = ["TrainResult", "train", "MODELS", "TASKS", "OPTIMIZERS", "LOSSES"]
 
+
+def __dir__():
+  # dir() and tab completion show the public API, not the imports behind it.
+  return list(__all__)
+
+
 MODELS = ("rnn", "lstm")
 OPTIMIZERS = ("adam", "sgd")
 LOSSES = ("mse", "cross_entropy")
