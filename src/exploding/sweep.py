@@ -165,14 +165,14 @@ class _Spec:
                        "it jax computes in float32")
     s.method, s.key = method, jacobian.as_key(key)
     s.model = _builtin(model, settings, s.length, s.dtype)
-    s.p_shape = p_shape = jax.eval_shape(s.model.init, jax.random.key(0))
+    s.p_shape, s0_shape = _shapes(s.model)
+    p_shape = s.p_shape
     s.axes = _grid(grid, weight_scales, p_shape, s.dtype)
     mesh = np.meshgrid(*s.axes.values(), indexing="ij")
     s.points = {k: m.ravel() for k, m in zip(s.axes, mesh)}
     s.state0 = None if state0 is None else jax.tree.map(
         lambda a: jnp.asarray(a, s.dtype), state0)
     _validation.check_finite("state0", s.state0)
-    s0_shape = jax.eval_shape(s.model.state0, jax.random.key(0))
     if s.state0 is not None and (
         jax.tree.structure(s.state0) != jax.tree.structure(s0_shape) or
         [a.shape for a in jax.tree.leaves(s.state0)] !=
@@ -199,10 +199,16 @@ class _Spec:
                                           jax.tree.leaves(s.state0)))
     if s.input_kind == "array":
       s.config["inputs_sha"] = _hash(*map(np.asarray, jax.tree.leaves(s.xs)))
-    s.hash_config = {**s.config, "source": _source_fingerprint(s.model)}
-    s.hash_config.pop("grid")
     _check_size(s)
     return s
+
+  @functools.cached_property
+  def hash_config(self):
+    """The cache key's config: ``config`` without the grid, with the
+    source fingerprint (computed only for a sweep with a cache)."""
+    out = {**self.config, "source": _source_fingerprint(self.model)}
+    out.pop("grid")
+    return out
 
 
 def _builtin(model, settings, length, dtype):
@@ -301,6 +307,13 @@ def _inputs(model, inputs, length, dtype):
   return xs, "array"
 
 
+@functools.lru_cache(maxsize=64)
+def _shapes(model):
+  """Shapes of the model's params and state (traced once per model)."""
+  return (jax.eval_shape(model.init, jax.random.key(0)),
+          jax.eval_shape(model.state0, jax.random.key(0)))
+
+
 def _source_fingerprint(model):
   """What the cache key knows of the code: the package's source files and
   the model's functions (their source where inspect finds it)."""
@@ -394,11 +407,14 @@ def _draws(spec, devices):
   XLA CPU across host devices), then replicated on the mesh."""
   program = _draw_program(spec.model, _draw_static(spec), _compiler_options())
   local = [d for d in devices if d.process_index == jax.process_index()]
+  sharding = NamedSharding(Mesh(np.array(devices), ("grid",)), P())
   with jax.default_device(local[0]):
-    draws = jax.tree.map(np.asarray, program(jax.random.key_data(spec.key)))
+    draws = program(jax.random.key_data(spec.key))
+  if jax.process_count() == 1:
+    return jax.device_put(draws, sharding)
   # Every process drew the same numbers; each places its own copies (a
   # cross-process device_put of a single-device array is not allowed).
-  sharding = NamedSharding(Mesh(np.array(devices), ("grid",)), P())
+  draws = jax.tree.map(np.asarray, draws)
   return jax.tree.map(lambda a: jax.make_array_from_callback(
       a.shape, sharding, lambda idx: a[idx]), draws)
 
