@@ -24,6 +24,9 @@ from exploding.jacobian import lyapunov_spectrum
 from exploding.jacobian import vjp_growth
 from exploding.maps import Estimate, GradientMap
 from exploding.sweep import sweep
+from exploding.monitor import MonitorHistory, MonitorState, SkipState
+from exploding.monitor import monitor, monitor_history, plot_monitor
+from exploding.monitor import skip_if_log_norm_jumps
 from exploding.remedies import RemedyComparison
 from exploding.remedies import compare_remedies
 
@@ -33,4 +36,6 @@ __all__ = [
     "initializers", "jacobian_singular_values",
     "jvp_growth", "lstm", "lyapunov_spectrum", "mlp", "models", "plotting",
     "rnn", "sweep", "tasks", "theory", "train", "vjp_growth",
+    "MonitorHistory", "MonitorState", "SkipState", "monitor", "monitor_history",
+    "plot_monitor", "skip_if_log_norm_jumps",
 ]
