@@ -13,7 +13,12 @@ sorted order) the runner
    cannot be read is recomputed.
 2. plots them in the paper style and writes ``figNN_name.png`` and ``.pdf``
    to ``--out`` (default ``figures/`` at the repository root).
-3. prints one line: the name, ``cached`` or ``computed``, and seconds.
+3. prints one line: the name, ``cached`` or ``computed``, and the seconds
+   spent computing (or loading the cache) and plotting, apart.
+
+At the end it prints a table of every figure (status, compute and plot
+seconds, totals) and where the figures, the cached results and jax's
+compiled programs live.
 
 ``exploding reproduce`` and ``exploding list`` call :func:`main` here.
 
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   formats = [f for item in args.format for f in item.split(",") if f] or (
       ["png"] if args.quick else ["png", "pdf"])
   print(f"{len(figures)} figure(s), {mode} configs -> {out}", flush=True)
-  failed = []
+  failed, rows = [], []
   for name, path in figures.items():
     try:
       status, seconds, plot_seconds = run_figure(
@@ -103,13 +108,43 @@ def main(argv: Sequence[str] | None = None) -> int:
       traceback.print_exc()
       print(f"{name:<34s} FAILED", flush=True)
       failed.append(name)
+      rows.append((name, "FAILED", None, None))
       continue
-    print(f"{name:<34s} {status:<8s} {seconds:7.2f} s"
-          f"   (plot {plot_seconds:.2f} s)", flush=True)
+    # run_figure's seconds include the plot: report the two apart
+    rows.append((name, status, seconds - plot_seconds, plot_seconds))
+    print(f"{name:<34s} {status:<8s} {seconds - plot_seconds:7.2f} s"
+          f" + plot {plot_seconds:6.2f} s", flush=True)
+  _print_summary(rows, out=out, formats=formats, cache_dir=cache_dir)
   if failed:
     print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1
   return 0
+
+
+def _print_summary(rows, *, out: str, formats: Sequence[str],
+                   cache_dir: str | None) -> None:
+  """The closing table: each figure's status, compute (or cache load) and
+  plot seconds, the totals, and where results and caches live."""
+  import jax
+
+  print(f"\n{'figure':<34s} {'status':<8s} {'compute s':>9s} {'plot s':>7s}")
+  for name, status, compute, plot in rows:
+    times = ("" if compute is None
+             else f" {compute:9.2f} {plot:7.2f}")
+    print(f"{name:<34s} {status:<8s}{times}")
+  done = [r for r in rows if r[2] is not None]
+  counts = ", ".join(f"{sum(r[1] == s for r in rows)} {s}"
+                     for s in ("computed", "cached", "FAILED")
+                     if any(r[1] == s for r in rows))
+  print(f"{'total':<34s} {'':<8s} {sum(r[2] for r in done):9.2f} "
+        f"{sum(r[3] for r in done):7.2f}   ({counts or 'no figures'})")
+  print(f"figures:  {out} ({', '.join(formats)})")
+  print("results:  " + (f"{cache_dir} (one .npz per figure and config)"
+                        if cache_dir else "not cached (--no-cache)"))
+  xla = jax.config.jax_compilation_cache_dir
+  print("compiled: " + (f"{xla} (jax persistent compilation cache)"
+                        if xla else "no persistent compilation cache"),
+        flush=True)
 
 
 def discover_figures(directory: str = EXPERIMENTS_DIR) -> dict[str, str]:

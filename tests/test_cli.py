@@ -1,6 +1,7 @@
 """The ``exploding`` command, run as a user runs it."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 import exploding as ex
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd=None, **env_vars):
@@ -264,3 +267,59 @@ def _main_code(cli, argv):
     return cli.main(argv)
   except SystemExit as e:
     return e.code
+
+
+_FAKE_FIGURE = '''"""A fake figure whose compute and plot advance a fake clock."""
+import time
+QUICK = FULL = {"n": 3}
+
+def compute(config):
+  time.advance(3.0)
+  return {"x": list(range(config["n"]))}
+
+def plot(results):
+  import matplotlib.figure
+  time.advance(5.0)
+  fig = matplotlib.figure.Figure(figsize=(1, 1))
+  fig.add_subplot().plot(results["x"])
+  return fig
+'''
+
+
+def test_reproduce_ends_with_a_table_and_where_things_live(
+    tmp_path, capsys, monkeypatch):
+  """The summary gives compute and plot seconds apart (a fake clock: compute
+  takes 3 s, plot 5 s), computed then cached, and the folders in use."""
+  import time
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  now = [1000.0]
+  monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+  monkeypatch.setattr(time, "advance",
+                      lambda s: now.__setitem__(0, now[0] + s), raising=False)
+  experiments = tmp_path / "experiments"
+  experiments.mkdir()
+  runner = experiments / "reproduce.py"
+  runner.write_text((_ROOT / "experiments" / "reproduce.py").read_text())
+  (experiments / "fig01_fake.py").write_text(_FAKE_FIGURE)
+  out, cache = tmp_path / "out", tmp_path / "cache"
+  args = ["reproduce", "--runner", str(runner), "--out", str(out),
+          "--cache-dir", str(cache), "--format", "png"]
+  for status, compute in [("computed", 3.0), ("cached", 0.0)]:
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(l for l in lines if l.startswith("figure ")))
+    assert lines[header].split() == ["figure", "status", "compute", "s",
+                                     "plot", "s"]
+    assert lines[header + 1].split() == ["fig01_fake", status,
+                                         f"{compute:.2f}", "5.00"]
+    total = lines[header + 2].split()
+    assert total[:3] == ["total", f"{compute:.2f}", "5.00"]
+    assert f"1 {status}" in lines[header + 2]
+    rest = "\n".join(lines[header + 3:])
+    assert f"figures:  {out} (png)" in rest
+    assert f"results:  {cache}" in rest
+    assert "compiled: " in rest
+    assert (out / "fig01_fake.png").stat().st_size > 1000
+  assert cli.main([*args, "--no-cache"]) == 0
+  assert "results:  not cached (--no-cache)" in capsys.readouterr().out
