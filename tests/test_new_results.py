@@ -1,0 +1,67 @@
+"""The new results' figures (issue 15) assert their claims on QUICK configs.
+
+Each figure's ``compute(QUICK)`` runs once per module (``test_experiments``
+checks the figure contract; here its numbers are held to theory).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import exploding as ex
+
+EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def _figure(name: str):
+  path = os.path.join(EXPERIMENTS, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_test_new_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+# ------------------------------------------------ fig14: driven RNN maps
+
+
+@pytest.fixture(scope="module")
+def driven():
+  module = _figure("fig14_driven_maps")
+  return module, module.compute(module.QUICK)
+
+
+def test_driven_prediction_is_the_zero_of_the_driven_exponent(driven):
+  module, _ = driven
+  for v in (0.05, 0.5, 2.0):
+    g = float(module.driven_critical_scale(v))
+    assert abs(ex.theory.rnn_lyapunov_max("tanh", g, np.sqrt(v))) < 1e-9
+    assert ex.theory.rnn_lyapunov_max("tanh", 0.99 * g, np.sqrt(v)) < 0
+  assert float(module.driven_critical_scale(0.0)) == pytest.approx(1.0)
+
+
+def test_inputs_move_the_edge_of_chaos_as_driven_mean_field(driven):
+  _, r = driven
+  v, gc = r["input_variances"], r["critical_scale"]
+  lo, hi = r["critical_low"], r["critical_high"]
+  assert np.all((lo <= gc) & (gc <= hi))
+  driven_points = v > 0
+  # 128 units, 128 steps, 8 seeds: g_c within 0.06 of the driven mean field
+  # (measured 1.43, 1.71, 1.88 vs 1.41, 1.69, 1.86), and it moves by
+  # more than 0.4 from no input to sigma_x^2 = 1.
+  np.testing.assert_allclose(gc[driven_points],
+                             r["theory_critical"][driven_points], atol=0.06)
+  assert np.all(np.diff(gc[driven_points]) > 0)
+  assert gc[-1] - gc[0] > 0.4
+  # The whole rate curve follows 0.5 log chi_1(g^2, sigma_x^2) where driven.
+  err = np.abs(r["rate"] - r["theory_rate"])[driven_points]
+  assert err.max() < 0.05
+  # Driven and ordered: rates well below zero at g = 1.2 (chaos suppressed).
+  g12 = np.argmin(np.abs(r["weight_scales"] - 1.2))
+  assert np.all(r["rate_high"][v >= 0.5, g12] < -0.1)
