@@ -44,19 +44,14 @@ _LN2 = 0.6931471805599453   # a Python float: weakly typed, keeps the dtype
 
 def log_norm(v: jax.Array, axis=None) -> jax.Array:
   """Scaled ``log ||v||`` in at least float32 (``jnp.linalg.norm`` under- and
-  overflows in float32 once ``|log ||v||| > ~44``); -inf for zero, NaN for
-  a non-finite ``v``."""
-  v = v.astype(acc_dtype(v.dtype))
-  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-  # Scale by the exact power of two 2^-e of max|v|, not by 1 / max|v|: XLA
-  # rewrites v / m as v * (1 / m), and 1 / m is subnormal, flushed to 0 on
-  # CPU, once max|v| > 2^126 (float32).
-  _, e = jnp.frexp(jnp.where(m > 0, m, 1))
-  s = jnp.sum(jnp.square(jnp.ldexp(v, -e)), axis=axis, keepdims=True)
-  out = jnp.where(m > 0, e.astype(s.dtype) * _LN2 + 0.5 * jnp.log(s),
-                  jnp.log(m))
-  out = jnp.where(jnp.isfinite(m) | (m == 0), out, jnp.nan)
-  return jnp.squeeze(out, axis) if axis is not None else out.reshape(())
+  overflows in float32 once ``|log ||v||| > ~44``) over ``axis`` (an int, a
+  tuple, or None for all); -inf for zero, NaN for a non-finite ``v``."""
+  v = jnp.asarray(v)
+  axes = range(v.ndim) if axis is None else np.atleast_1d(axis)
+  axes = tuple(int(a) % v.ndim for a in axes)
+  v = jnp.moveaxis(v, axes, tuple(range(v.ndim - len(axes), v.ndim)))
+  rows = v.reshape(v.shape[:v.ndim - len(axes)] + (-1,))
+  return _safe_rows(rows)[0]
 
 
 def _ln2_times(k, dtype):
@@ -77,6 +72,25 @@ def _scale_limits(acc):
   return 1e-280, 1e300, 900
 
 
+def _pow2(k, acc):
+  """Exactly ``2^k`` (``k`` an int array in the normal range), by bits:
+  cheaper to compile and run than ``jnp.ldexp``."""
+  info = jnp.finfo(acc)
+  it = jnp.int32 if info.bits == 32 else jnp.int64
+  bias = info.maxexp - 1
+  return jax.lax.bitcast_convert_type((k.astype(it) + bias) << info.nmant,
+                                      acc)
+
+
+def _exponent(m, acc):
+  """``floor(log2 m)`` of positive normal ``m``, by bits."""
+  info = jnp.finfo(acc)
+  it = jnp.int32 if info.bits == 32 else jnp.int64
+  bias = info.maxexp - 1
+  bits = jax.lax.bitcast_convert_type(m, it)
+  return ((bits >> info.nmant) & (2 * bias + 1)) - bias
+
+
 def _safe_rows(X):
   """``(log ||x||, x / ||x||)`` of every row (last axis) of ``X``, scaled by
   the exact power of two of the row's max: right for any finite row, zero
@@ -84,10 +98,12 @@ def _safe_rows(X):
   acc = acc_dtype(X.dtype)
   X = X.astype(acc)
   m = jnp.max(jnp.abs(X), axis=-1, keepdims=True)
-  _, e = jnp.frexp(jnp.where((m > 0) & jnp.isfinite(m), m, 1))
-  Y = jnp.ldexp(X, -e)
+  limit = jnp.finfo(acc).maxexp - 2                     # 126 in float32
+  e = jnp.clip(_exponent(jnp.where((m > 0) & jnp.isfinite(m), m, 1), acc),
+               -limit, limit)
+  Y = X * _pow2(-e, acc)
   s = jnp.sum(jnp.square(Y), axis=-1, keepdims=True)
-  log = jnp.where(m > 0, e.astype(acc) * _LN2 + 0.5 * jnp.log(s), jnp.log(m))
+  log = jnp.where(m > 0, _ln2_times(e, acc) + 0.5 * jnp.log(s), jnp.log(m))
   log = jnp.where(jnp.isfinite(m) | (m == 0), log, jnp.nan)
   unit = Y * jnp.where(s > 0, jax.lax.rsqrt(jnp.where(s > 0, s, 1)), 0)
   return log[..., 0], unit
@@ -117,11 +133,10 @@ def row_norms(Xs, ks):
   """
   acc = acc_dtype(Xs[0].dtype)
   lo, hi, k_max = _scale_limits(acc)
-  one = jnp.ones((), acc)
 
   ss_list = []
   for X, k in zip(Xs, ks):
-    Y = X.astype(acc) * jnp.ldexp(one, k)[..., None]
+    Y = X.astype(acc) * _pow2(k, acc)[..., None]
     ss_list.append(jnp.sum(jnp.square(Y), axis=-1))
   ok = [((ss >= lo) & (ss <= hi)) | ((ss == 0) & (k == k_max)) | jnp.isnan(ss)
         for ss, k in zip(ss_list, ks)]
@@ -130,7 +145,7 @@ def row_norms(Xs, ks):
   def cheap():
     logs, units = [], []
     for X, k, ss in zip(Xs, ks, ss_list):
-      Y = X.astype(acc) * jnp.ldexp(one, k)[..., None]
+      Y = X.astype(acc) * _pow2(k, acc)[..., None]
       logs.append(0.5 * jnp.log(ss) - _ln2_times(k, acc))
       inv = jnp.where(ss > 0, jax.lax.rsqrt(jnp.where(ss > 0, ss, 1)), 0)
       units.append(Y * inv[..., None])
