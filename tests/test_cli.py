@@ -323,3 +323,12 @@ def test_reproduce_ends_with_a_table_and_where_things_live(
     assert (out / "fig01_fake.png").stat().st_size > 1000
   assert cli.main([*args, "--no-cache"]) == 0
   assert "results:  not cached (--no-cache)" in capsys.readouterr().out
+
+
+def test_help_is_plain_text(capsys, monkeypatch):
+  from exploding import cli
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert _main_code(cli, ["--help"]) == 0
+  out = capsys.readouterr().out
+  assert "The exploding command: sweep, reproduce, list." in out
+  assert "``" not in out

@@ -112,7 +112,8 @@ def _main(argv) -> int:
 
 def _parser() -> argparse.ArgumentParser:
   from exploding import __version__
-  parser = _Parser(prog="exploding", description=__doc__.split("\n")[0])
+  parser = _Parser(prog="exploding",
+                   description=__doc__.split("\n")[0].replace("``", ""))
   parser.add_argument("--version", action="version",
                       version=f"exploding {__version__}")
   sub = parser.add_subparsers(dest="command", required=True,
