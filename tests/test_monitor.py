@@ -156,6 +156,26 @@ def test_inf_nan_zero_and_huge_leaves(x64):
                              rtol=1e-7)
 
 
+def test_extreme_finite_norms_take_the_scaled_path():
+  # norms from 1e-29 to 1e38 in float32: the plain sum of squares would
+  # underflow or overflow; the records are the float64 values
+  g = {"tiny": jnp.full(6, 3e-30, jnp.float32),
+       "huge": jnp.full(3, 2e38, jnp.float32),
+       "zero": jnp.zeros(2, jnp.float32),
+       "one": jnp.ones(4, jnp.float32)}
+  tx = ex.monitor()
+  _, state = jax.jit(tx.update)(g, tx.init(g))
+  h = ex.monitor_history(state)
+  expect = {k: _log_norm64(v) if np.any(np.asarray(v)) else -np.inf
+            for k, v in g.items()}
+  np.testing.assert_allclose(h.leaf_log_norm[0],
+                             [expect[k] for k in h.leaf_names], rtol=1e-6)
+  np.testing.assert_allclose(h.log_norm[0], _log_norm64(g), rtol=1e-6)
+  np.testing.assert_array_equal(h.zero_fraction[0],
+                                [k == "zero" for k in h.leaf_names])
+  assert not h.inf_fraction.any() and not h.nan_fraction.any()
+
+
 def test_float64_params_record_in_float64(x64):
   params, loss = _problem(2, jnp.float64)
   g = jax.jit(jax.grad(loss))(params, 1.0)
@@ -312,11 +332,11 @@ def test_bad_input():
     ex.monitor_history(two.init(params))
 
 
-def _map(method="vjp", scales=(1.0, 2.0), length=3, seeds=3):
+def _map(method="vjp", scales=(1.0, 2.0), length=2, seeds=3):
   rng = np.random.default_rng(0)
   shape = (len(scales), length, seeds)
   return ex.GradientMap(
-      log_growth=rng.normal(size=shape), log_state_norm=np.zeros(shape),
+      log_growth=rng.normal(size=shape), log_state_norm=rng.normal(size=shape),
       overflow_step=-np.ones((len(scales), seeds), int),
       axes={"weight_scale": np.asarray(scales)},
       steps=np.arange(1, length + 1), config={"method": method})
@@ -333,22 +353,28 @@ def test_plot_monitor_draws_the_run_beside_the_map():
   kernel = h.leaf_names.index("Dense_0/kernel")
   np.testing.assert_array_equal(ax.lines[0].get_ydata(),
                                 h.leaf_log_norm[:, kernel])
+  # two layers (Dense_0, Dense_1): f = 0 is the output layer, f = 1 the
+  # first, which has no prediction (its input's norm is not in a map)
   m = _map()
   fig = ex.plot_monitor(states[-1], m, scale=1.9)      # nearest: g = 2
-  run, pred = fig.axes[1].lines
-  expect = np.median(np.concatenate(
-      [np.zeros((1, 3)), m.log_growth[1, :1]]), axis=-1)
-  np.testing.assert_allclose(pred.get_ydata(), expect)
+  first, last, pred = fig.axes[1].lines
+  np.testing.assert_allclose(pred.get_ydata(), [0, np.nan])
   rel = h.leaf_log_norm[:, [h.leaf_names.index("Dense_1/kernel"), kernel]]
-  np.testing.assert_allclose(run.get_ydata(),
-                             np.median(rel - rel[:, :1], axis=0))
+  np.testing.assert_allclose(first.get_ydata(), rel[0] - rel[0, 0])
+  np.testing.assert_allclose(last.get_ydata(), rel[-1] - rel[-1, 0])
+  # three "layers": the map's backprop growth plus its forward state norms
+  layers = ["Dense_0/kernel", "Dense_0/bias", "Dense_1/kernel"]
+  m = _map(length=3)
+  fig = ex.plot_monitor(h, m, scale=1.0, layers=layers)
+  g, s = m.log_growth[0], m.log_state_norm[0]
+  expect = np.median([np.zeros(3), g[0] + s[0] - s[1],
+                      np.full(3, np.nan)], axis=-1)
+  np.testing.assert_allclose(fig.axes[1].lines[2].get_ydata(), expect)
   with pytest.raises(ValueError, match="vjp"):
     ex.plot_monitor(h, _map("jvp"), scale=1.0)
   with pytest.raises(ValueError, match="give scale"):
     ex.plot_monitor(h, m)
-  with pytest.raises(ValueError, match="length"):
-    ex.plot_monitor(h, _map(length=1), scale=1.0,
-                    layers=["Dense_0/kernel", "Dense_0/bias",
-                            "Dense_1/kernel"])
+  with pytest.raises(ValueError, match="length 3"):
+    ex.plot_monitor(h, m, scale=1.0)
   with pytest.raises(ValueError, match="not leaves"):
     ex.plot_monitor(h, layers=["conv/kernel"])

@@ -1,14 +1,22 @@
 """A training run's per-layer gradient norms beside a map's prediction
 (re-exported by ``monitor``).
 
-Backprop multiplies the output's gradient by one layer Jacobian per layer
-it passes: layer ``j`` of ``L`` gets ``dL/dh_(j+1) = J_(j+2)^T .. J_L^T
-dL/dh_L``, ``f = L - 1 - j`` factors. Its weight gradient is the outer
-product of that with its input (``dL/dW_j ~ delta_j h_j^T``), whose norm is
-about constant over depth once the forward activations are stationary (mean
-field, Poole et al. 2016). So ``log ||dL/dW_j|| - log ||dL/dW_(L-1)||`` is
-predicted by the map's backprop growth after ``f`` factors, the ``vjp``
-map's ``log_growth[f - 1]``, at the run's weight scale.
+Layer ``j`` of ``L`` (``h_(j+1) = phi(W_j h_j)``) has the weight gradient
+``dL/dW_j = (phi'(z_j) * dL/dh_(j+1)) h_j^T``: the gradient backprop brought
+down ``f = L - 1 - j`` layers from the output, ``dL/dh_(j+1) = J_(j+2)^T ..
+J_L^T dL/dh_L``, times the forward activations entering the layer. So, up
+to the ``phi'`` factor, about constant over depth once the activations are
+stationary (mean field, Poole et al. 2016),
+
+  log ||dL/dW_j|| - log ||dL/dW_(L-1)||
+      ~ log ||u J_L .. J_(j+2)|| + log ||h_j|| - log ||h_(L-1)||,
+
+the first term a ``vjp`` map's ``log_growth[f - 1]`` (0 for ``f = 0``), the
+others its ``log_state_norm[j - 1] - log_state_norm[L - 2]``. The input's
+norm ``||h_0||`` is not in a map, so the first layer has no prediction.
+Where the forward pass shrinks as fast as backprop does (the ordered phase
+without bias) the two cancel and the weight gradients stay level even
+though backprop vanishes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ def plot_monitor(history: Any, gradient_map: Any = None, *,
     history: a ``MonitorHistory`` (or an optimiser state holding one
       monitor).
     gradient_map: optional ``GradientMap`` measured with ``method="vjp"``
-      on the same model (``length`` >= the number of layers), with one grid
+      on the same model (``length`` = the number of layers), with one grid
       axis (pick the others with ``m.sel(...)``).
     scale: the run's value on that axis (nearest grid point); may be
       omitted when the axis has one value.
@@ -42,9 +50,10 @@ def plot_monitor(history: Any, gradient_map: Any = None, *,
   Returns:
     A matplotlib ``Figure``: (a) ``log ||dL/dW_j||`` per layer and the
     global norm over steps; (b), with a map, each layer's log norm minus
-    the output layer's against the backprop factors between them: the
-    run's median over the recorded steps (band: 10-90% of steps) and the
-    map's median over seeds (band: min-max over seeds).
+    the output layer's against the backprop factors between them, at the
+    first and the last recorded step, and the map's prediction (module
+    docstring; a map measures the network as drawn, so compare it with the
+    first step), median over seeds (band: min-max over seeds).
   """
   from exploding import plotting
   from exploding.monitor import MonitorHistory, monitor_history
@@ -82,21 +91,23 @@ def plot_monitor(history: Any, gradient_map: Any = None, *,
     ax.set_title("gradient norm per layer")
     ax.legend(fontsize=6, ncol=2)
     if predicted is not None:
-      _draw_profile(axes[1], logs, predicted, label)
+      _draw_profile(axes[1], history.step, logs, predicted, label)
       plotting.label_panels(axes)
   return fig
 
 
 def _predicted(m, scale, n_layers):
-  """``(f, seeds)`` log growth after ``f = 0..n_layers-1`` backprop factors
-  at the chosen grid point, and a label naming it."""
+  """``(n_layers, seeds)`` predicted log norm of each layer's weight
+  gradient relative to the output layer's, by backprop factors ``f`` (NaN
+  for the first layer), and a label naming the grid point."""
   if m.config.get("method") != "vjp":
     raise ValueError(f"gradient_map must be measured with method='vjp' "
                      f"(what backprop sees), got {m.config.get('method')!r}")
   if len(m.axes) > 1:
     raise ValueError(f"gradient_map has axes {list(m.axes)}: pick all but "
                      f"one with m.sel(...)")
-  g = np.asarray(m.log_growth, np.float64)
+  growth = np.asarray(m.log_growth, np.float64)
+  state = np.asarray(m.log_state_norm, np.float64)
   label = "map"
   if m.axes:
     (name, values), = m.axes.items()
@@ -109,31 +120,31 @@ def _predicted(m, scale, n_layers):
     else:
       _check_scale(scale)
       i = int(np.argmin(np.abs(values - scale)))
-    g = g[i]
+    growth, state = growth[i], state[i]
     label = f"map, {name.replace('_', ' ')} {values[i]:.3g}"
-  if g.shape[0] < n_layers - 1:
-    raise ValueError(f"gradient_map has length {g.shape[0]}; {n_layers} "
-                     f"layers need >= {n_layers - 1} backprop factors")
-  zero = np.zeros((1, g.shape[-1]))
-  return np.concatenate([zero, g[:n_layers - 1]]), label
+  if growth.shape[0] != n_layers:
+    raise ValueError(f"gradient_map has length {growth.shape[0]}; measure "
+                     f"it on the same model, {n_layers} layers deep")
+  back = np.concatenate([np.zeros((1, growth.shape[-1])), growth[:-1]])
+  # forward: log ||h_j|| - log ||h_(L-1)|| for j = L-1-f; h_0 is not known
+  fwd = np.full_like(back, np.nan)
+  if n_layers > 1:
+    fwd[:-1] = state[n_layers - 2::-1] - state[n_layers - 2]
+  return back + fwd, label
 
 
-def _draw_profile(ax, logs, predicted, label):
+def _draw_profile(ax, steps, logs, predicted, label):
   from matplotlib.ticker import MaxNLocator
-  n = logs.shape[1]
-  factors = np.arange(n)
+  factors = np.arange(logs.shape[1])
   rel = (logs - logs[:, -1:])[:, ::-1]       # column f: f factors back
-  rel = rel[np.all(np.isfinite(rel), axis=1)]
-  if len(rel):
-    lo, mid, hi = np.percentile(rel, [10, 50, 90], axis=0)
-    ax.fill_between(factors, lo, hi, color="#0072B2", alpha=0.25, lw=0)
-    ax.plot(factors, mid, "o-", color="#0072B2", ms=3,
-            label="run (median over steps)")
+  for row, style, fill in ((0, "o-", "full"), (-1, "o--", "none")):
+    ax.plot(factors, rel[row], style, color="#0072B2", ms=3, fillstyle=fill,
+            label=f"run, step {steps[row]}")
   lo, mid, hi = (np.min(predicted, -1), np.median(predicted, -1),
-                 np.max(predicted, -1))
+                 np.max(predicted, -1))   # NaN for the first layer
   ax.fill_between(factors, lo, hi, color="#D55E00", alpha=0.25, lw=0)
   ax.plot(factors, mid, "-", color="#D55E00",
-          label=f"{label} (median over {predicted.shape[-1]} seeds)")
+          label=f"{label}, {predicted.shape[-1]} seeds")
   ax.set_xlabel("layers back from the output (backprop factors)")
   ax.set_ylabel("log norm - output layer's (nats)")
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
