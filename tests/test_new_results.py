@@ -65,3 +65,31 @@ def test_inputs_move_the_edge_of_chaos_as_driven_mean_field(driven):
   # Driven and ordered: rates well below zero at g = 1.2 (chaos suppressed).
   g12 = np.argmin(np.abs(r["weight_scales"] - 1.2))
   assert np.all(r["rate_high"][v >= 0.5, g12] < -0.1)
+
+
+# ------------------------------------ fig15: batch norm vs batch size
+
+
+@pytest.fixture(scope="module")
+def batchnorm():
+  module = _figure("fig15_batchnorm_batch_size")
+  return module.compute(module.QUICK)
+
+
+def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
+  r = batchnorm
+  bs, rate, theory = r["batch_sizes"], r["rate"], r["theory"]
+  assert np.all((r["rate_low"] <= rate) & (rate <= r["rate_high"]))
+  # Gradients explode at every B, faster for smaller batches.
+  assert np.all(rate > 0.15) and np.all(np.diff(rate) < 0)
+  # Width 128: within 0.01 nats/layer of the exact ReLU formula at B = 8, 32
+  # (measured 0.291 vs 0.291, 0.211 vs 0.210) ...
+  ok = bs >= 8
+  np.testing.assert_allclose(rate[ok], theory[ok], atol=0.01)
+  # ... and the closed form itself against its large-B limit and B = 8.
+  assert theory[bs == 8][0] == pytest.approx(
+      0.5 * np.log(ex.theory.batchnorm_gradient_rate("relu", 8)))
+  assert theory[-1] > 0.5 * np.log(np.pi / (np.pi - 1))
+  # B = 4: 1 / chi^2_3 has infinite variance; the typical (log) growth a
+  # network shows is well below the formula's mean growth (0.46 vs 0.56).
+  assert r["rate_high"][bs == 4][0] < theory[bs == 4][0] - 0.05
