@@ -2,7 +2,7 @@
 into a temporary folder, when the docs toolchain is installed
 (``pip install -e '.[docs]'``, as CI does); the API reference covers every
 public name; the gallery carries the README's claims; the monitor tutorial's
-example runs and agrees with the map at initialisation."""
+example runs and follows the map at initialisation."""
 
 from __future__ import annotations
 
@@ -131,8 +131,8 @@ def test_pages_show_the_commands_and_code_the_tests_run(site):
 
 def test_monitor_example_records_the_gradient_and_matches_the_map():
   """The tutorial's script: its step-0 records equal the gradient at the
-  initial params computed here in float64, and the first-to-last layer
-  difference at initialisation lies within the map's spread over seeds."""
+  initial params computed here in float64, and the step-0 profile over the
+  layers follows the map's prediction."""
   ns = runpy.run_path(str(ROOT / "docs" / "examples" / "monitor_flax.py"),
                       run_name="docs_example")
   h, m, depth = ns["h"], ns["m"], ns["depth"]
@@ -146,8 +146,12 @@ def test_monitor_example_records_the_gradient_and_matches_the_map():
            for g in jax.tree.leaves(grads)]
   np.testing.assert_allclose(h.leaf_log_norm[0], norms, atol=1e-5)
   assert np.all(h.zero_fraction == 0) and np.all(np.isfinite(h.log_norm))
-  growth = m.log_growth[0, depth - 2]           # depth - 1 backprop factors
-  assert growth.min() - 0.1 < ns["first_vs_last"] < growth.max() + 0.1
+  # Step 0 against the map's prediction (plot_monitor's, without phi'):
+  # the gradient grows towards the input (g = 1.5 is chaotic for tanh) and
+  # the run stays within 0.35 nats of the prediction at every layer.
+  run, gap = ns["run"], ns["gap"]
+  assert run[1] > run[depth - 2] + 0.3
+  assert np.all(np.abs(gap) < 0.35), gap
   assert h.clip_ratio.shape == h.log_norm.shape
   np.testing.assert_allclose(
       h.clip_ratio, np.minimum(1, 1.0 / np.exp(h.log_norm)), rtol=1e-5)

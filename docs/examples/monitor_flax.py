@@ -72,15 +72,19 @@ m = ex.sweep("mlp", grid={"weight_scale": [g]}, length=depth, width=width,
              progress=False)
 fig = ex.plot_monitor(h, m, scale=g)
 
-# At initialisation (step 0) the run sees what the map measures: the first
-# layer's gradient over the last one's, depth - 1 backprop factors back.
-first_vs_last = h.leaf_log_norm[0, layer[0]] - h.leaf_log_norm[0, layer[-1]]
-predicted = np.median(m.log_growth[0, depth - 2])
-print(f"step 0: log ||dL/dW_0|| - log ||dL/dW_{depth - 1}|| = "
-      f"{first_vs_last:.2f}; map: {predicted:.2f} "
-      f"[{m.log_growth[0, depth - 2].min():.2f}, "
-      f"{m.log_growth[0, depth - 2].max():.2f}] over {m.log_growth.shape[-1]} "
-      f"seeds")
+# At step 0 the run is one draw of the network the map measures. Panel (b)'s
+# prediction for layer j, relative to the output layer: backprop growth over
+# depth - 2 - j factors plus the forward state norms entering the layers
+# (ex.plot_monitor's docstring; it leaves out the phi'(z_j) factor).
+run = h.leaf_log_norm[0, layer] - h.leaf_log_norm[0, layer[-1]]
+j = np.arange(1, depth - 1)
+predicted = (m.log_growth[0, depth - 2 - j]
+             + m.log_state_norm[0, j - 1] - m.log_state_norm[0, depth - 2])
+gap = run[j] - np.median(predicted, axis=-1)
+print(f"step 0, layer 1 over layer {depth - 1}: run {run[1]:.2f}, map "
+      f"{np.median(predicted[0]):.2f} [{predicted[0].min():.2f}, "
+      f"{predicted[0].max():.2f}] ({predicted.shape[-1]} seeds); run - map "
+      f"over layers 1..{depth - 2}: {gap.min():.2f} to {gap.max():.2f}")
 
 if __name__ == "__main__":
   out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
