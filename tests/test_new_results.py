@@ -93,3 +93,33 @@ def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
   # B = 4: 1 / chi^2_3 has infinite variance; the typical (log) growth a
   # network shows is well below the formula's mean growth (0.46 vs 0.56).
   assert r["rate_high"][bs == 4][0] < theory[bs == 4][0] - 0.05
+
+
+# ------------------------------------------------ fig16: depth scales
+
+
+@pytest.fixture(scope="module")
+def depth_scales():
+  module = _figure("fig16_depth_scales")
+  return module.compute(module.QUICK)
+
+
+def test_depth_scales_follow_mean_field(depth_scales):
+  r = depth_scales
+  sw2 = r["sigma_w2"]
+  xi_q, xi_c = r["xi_q"][0], r["xi_c"][0]
+  th_q, th_c = r["theory_xi_q"][0], r["theory_xi_c"][0]
+  for name in ("xi_q", "xi_c"):
+    assert np.all((r[f"{name}_low"] <= r[name]) & (r[name] <= r[f"{name}_high"]))
+  # Width 256, 8 seeds: xi_q within 0.15 layers of Schoenholz et al.'s eq. 4
+  # (measured 1.32, 1.75, 0.99 vs 1.35, 1.81, 0.94).
+  np.testing.assert_allclose(xi_q, th_q, atol=0.15)
+  # xi_c in the ordered phase within 5% (1.83 vs 1.84, 6.01 vs 5.94); in
+  # the chaotic phase (sigma_w^2 = 3.5) within 30% (7.1 vs 7.8).
+  ordered = sw2 < r["critical_sigma_w2"][0]
+  np.testing.assert_allclose(xi_c[ordered], th_c[ordered], rtol=0.05)
+  np.testing.assert_allclose(xi_c[~ordered], th_c[~ordered], rtol=0.3)
+  # Towards the edge of chaos xi_c grows (x3 from 0.7 to 1.2); xi_q stays
+  # below two layers everywhere.
+  assert xi_c[1] > 3 * xi_c[0]
+  assert np.all(xi_q < 2)
