@@ -242,7 +242,8 @@ def test_composes_with_apply_if_finite(outer):
     assert int(state.total_skips) == 1
     assert int(state.inner_state.total_notfinite) == 1
   h = ex.monitor_history(states[-1])
-  assert np.isnan(h.log_norm[nan_step]) and np.all(h.nan_fraction[nan_step] == 1)
+  assert np.isnan(h.log_norm[nan_step])
+  assert np.all(h.nan_fraction[nan_step] == 1)
 
 
 def test_persistent_jump_is_accepted_after_max_consecutive_skips():

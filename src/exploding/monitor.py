@@ -138,11 +138,13 @@ def monitor(history: int = 1, *, clip_norm: float | None = None,
       memory ``4 * history * (2 + 4 * n_leaves)`` bytes in float32).
     clip_norm: the threshold of a global-norm clipper chained after the
       monitor; records the clip ratio ``min(1, clip_norm / ||g||)``.
-    callback: called on the host each step with a dict of numpy scalars:
-      ``"step"``, ``"log_norm"``, ``"clip_ratio"`` (with ``clip_norm``) and,
-      per leaf, ``"log_norm/<leaf>"``, ``"zero_fraction/<leaf>"``,
-      ``"inf_fraction/<leaf>"``, ``"nan_fraction/<leaf>"`` (e.g.
-      ``callback=wandb.log``). ``None``: no host callback in the step.
+    callback: called on the host each step (through
+      ``jax.debug.callback``) with a dict of Python numbers (numpy arrays
+      under ``vmap``): ``"step"``, ``"log_norm"``, ``"clip_ratio"`` (with
+      ``clip_norm``) and, per leaf, ``"log_norm/<leaf>"``,
+      ``"zero_fraction/<leaf>"``, ``"inf_fraction/<leaf>"``,
+      ``"nan_fraction/<leaf>"``; e.g. ``callback=wandb.log``. ``None``: no
+      host callback in the step.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a ``MonitorState``.
