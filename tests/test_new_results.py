@@ -123,3 +123,56 @@ def test_depth_scales_follow_mean_field(depth_scales):
   # below two layers everywhere.
   assert xi_c[1] > 3 * xi_c[0]
   assert np.all(xi_q < 2)
+
+
+# --------------------------------------------- fig17: the seeds' claims
+
+
+@pytest.fixture(scope="module")
+def seed_claims():
+  module = _figure("fig17_seed_claims")
+  return module.compute(module.QUICK)
+
+
+def test_stacking_keeps_the_rate_and_the_edge_of_chaos(seed_claims):
+  r = seed_claims
+  gs, rate = r["weight_scales"], r["stack_rate"]
+  # Block-triangular Jacobian: the stack's rate is the bottom layer's. Past
+  # the edge (g >= 1) every depth's rate is within 0.01 of depth 1's;
+  # below it the deeper stack decays more slowly by a transient (more
+  # paths), at most 0.06 here.
+  assert np.all(np.abs(rate[1:, gs >= 1] - rate[0, gs >= 1]) < 0.01)
+  assert np.all(np.abs(rate[1:] - rate[0]) < 0.06)
+  assert np.all(rate[:, gs <= 0.9] < 0) and np.all(rate[:, gs >= 1.6] > 0)
+  # Every depth's g_c interval holds the mean-field bottom layer's (1 at
+  # width 64 up to the flat finite-width stretch just above it).
+  assert np.all(r["stack_critical_low"] <= 1.01)
+  assert np.all(r["stack_critical_high"] >= 1.0)
+
+
+def test_a_large_initial_state_costs_one_step_not_the_rate(seed_claims):
+  r = seed_claims
+  s, first = r["state_scales"], np.mean(r["state_first_step"], axis=-1)
+  assert np.all(np.diff(first) < 0)
+  assert first[s == 100][0] < first[s == 1][0] - 3
+  # tanh squashes any state into [-1, 1]: ||h_t|| <= sqrt(n) from step 1.
+  assert np.all(r["state_max_log_norm_after"]
+                <= 0.5 * np.log(int(r["hidden"])) + 1e-5)
+  # The rate after step 1 is the same for every scale (0.01 .. 100).
+  assert np.ptp(r["state_rate"]) < 0.02
+  assert np.max(r["state_rate_low"]) < np.min(r["state_rate_high"])
+
+
+def test_a_contraction_never_explodes_whatever_its_inputs(seed_claims):
+  r = seed_claims
+  w = float(r["contraction"])
+  g = r["contraction_log_growth"]                # (acts, stds, T, seeds)
+  T = np.arange(1, g.shape[-2] + 1)[:, None]
+  # |phi'| <= 1: log |dh_T / dh_0| <= T log w at every T, seed, input scale.
+  assert np.all(g <= T * np.log(w) + 1e-4 * T)
+  assert np.all(r["contraction_rate_high"] <= np.log(w) + 1e-5)
+  # Larger inputs saturate tanh: it vanishes faster, never grows.
+  tanh = list(r["activations_c"]).index("tanh")
+  assert np.all(np.diff(r["contraction_rate"][tanh]) < 0)
+  # The forward state stays bounded (tanh: |h| <= 1).
+  assert np.nanmax(r["contraction_log_state_norm"][tanh]) <= 1e-6
