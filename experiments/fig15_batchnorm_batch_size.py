@@ -37,7 +37,7 @@ from exploding import plotting
 
 ACTIVATION = "relu"
 
-QUICK = {"width": 128, "depth": 24, "seeds": 8, "batch_sizes": [4, 8, 32],
+QUICK = {"width": 128, "depth": 24, "seeds": 8, "batch_sizes": [4, 16],
          "widths": [], "key": 0}
 FULL = {"width": 256, "depth": 32, "seeds": 8,
         "batch_sizes": [4, 6, 8, 16, 32, 64, 128, 256],

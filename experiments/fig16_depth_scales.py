@@ -82,10 +82,11 @@ def compute(config: dict) -> dict[str, np.ndarray]:
 
   Returns:
     ``sigma_w2``: (nw,). ``sigma_b2``: (nb,). ``curve_sigma_w2``,
-    ``curve_xi_q``, ``curve_xi_c``: (nb, 175) theory curves for the plot. ``xi_q``, ``xi_c`` and their
-    ``_low``, ``_high``: (nb, nw) layers. ``theory_xi_q``, ``theory_xi_c``:
-    (nb, nw). ``critical_sigma_w2``: (nb,). ``gap_q``, ``gap_c``: (nb, nw,
-    L, seeds) per-seed gaps (signed). ``width``: ().
+    ``curve_xi_q``, ``curve_xi_c``: (nb, 175) theory curves for the plot.
+    ``xi_q``, ``xi_c`` and their ``_low``, ``_high``: (nb, nw) layers.
+    ``theory_xi_q``, ``theory_xi_c``: (nb, nw). ``critical_sigma_w2``:
+    (nb,). ``gap_q``, ``gap_c``: (nb, nw, L, seeds) per-seed gaps (signed).
+    ``width``: ().
     ``fit_layers_q``, ``fit_layers_c``: (nb, nw) layers in each fit.
   """
   n, L, seeds = (int(config[k]) for k in ("width", "depth", "seeds"))

@@ -52,11 +52,11 @@ import numpy as np
 import exploding as ex
 from exploding import plotting
 
-QUICK = {"hidden": 64, "length": 128, "seeds": 8, "depths": [1, 3],
+QUICK = {"hidden": 64, "length": 128, "seeds": 8, "depths": [1, 2],
          "n_scales": 13, "scale_range": [0.6, 1.8],
          "state_scales": [0.01, 1.0, 100.0], "state_gain": 1.5,
          "contraction": 0.7, "activations": ["tanh"],
-         "input_stds": [0.0, 1.5], "long_length": 512, "key": 0}
+         "input_stds": [0.0, 1.5], "long_length": 256, "key": 0}
 FULL = {"hidden": 128, "length": 256, "seeds": 8, "depths": [1, 2, 4],
         "n_scales": 25, "scale_range": [0.6, 1.8],
         "state_scales": [0.01, 0.1, 1.0, 10.0, 100.0], "state_gain": 1.5,

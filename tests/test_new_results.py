@@ -82,13 +82,14 @@ def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
   assert np.all((r["rate_low"] <= rate) & (rate <= r["rate_high"]))
   # Gradients explode at every B, faster for smaller batches.
   assert np.all(rate > 0.15) and np.all(np.diff(rate) < 0)
-  # Width 128: within 0.01 nats/layer of the exact ReLU formula at B = 8, 32
-  # (measured 0.291 vs 0.291, 0.211 vs 0.210) ...
+  # Width 128: within 0.01 nats/layer of the exact ReLU formula at B = 16
+  # (measured 0.233 vs 0.232) ...
   ok = bs >= 8
+  assert ok.any()
   np.testing.assert_allclose(rate[ok], theory[ok], atol=0.01)
-  # ... and the closed form itself against its large-B limit and B = 8.
-  assert theory[bs == 8][0] == pytest.approx(
-      0.5 * np.log(ex.theory.batchnorm_gradient_rate("relu", 8)))
+  # ... which lies above its large-B limit 0.5 log(pi / (pi - 1)).
+  assert theory[bs == 16][0] == pytest.approx(
+      0.5 * np.log(ex.theory.batchnorm_gradient_rate("relu", 16)))
   assert theory[-1] > 0.5 * np.log(np.pi / (np.pi - 1))
   # B = 4: 1 / chi^2_3 has infinite variance; the typical (log) growth a
   # network shows is well below the formula's mean growth (0.46 vs 0.56).
@@ -110,7 +111,8 @@ def test_depth_scales_follow_mean_field(depth_scales):
   xi_q, xi_c = r["xi_q"][0], r["xi_c"][0]
   th_q, th_c = r["theory_xi_q"][0], r["theory_xi_c"][0]
   for name in ("xi_q", "xi_c"):
-    assert np.all((r[f"{name}_low"] <= r[name]) & (r[name] <= r[f"{name}_high"]))
+    assert np.all((r[f"{name}_low"] <= r[name])
+                  & (r[name] <= r[f"{name}_high"]))
   # Width 256, 8 seeds: xi_q within 0.15 layers of Schoenholz et al.'s eq. 4
   # (measured 1.32, 1.75, 0.99 vs 1.35, 1.81, 0.94).
   np.testing.assert_allclose(xi_q, th_q, atol=0.15)
