@@ -322,9 +322,184 @@ def test_residual():
   fixed = [th.residual_log_gradient("tanh", 1.0, d) for d in (100, 1000)]
   assert 0.5 < scaled[0] < scaled[1] < 1.0
   assert fixed[1] / fixed[0] == pytest.approx(math.sqrt(10), rel=0.05)
-  # ReLU: q cancels, so the total is exactly depth * log(1 + sigma_w2 / 2).
+  # ReLU at infinite width: q cancels, exactly depth * log(1 + sigma_w2/2).
   assert th.residual_log_gradient("relu", 0.2, 50) == pytest.approx(
-      50 * math.log(1.1))
+      50 * math.log(1.1), rel=1e-12)
+  # tanh is odd: no mean mode; the overlap with the stream grows slower
+  # than the tangent and feeds only a small negative term (-0.2% here).
+  wide = th.residual_log_gradient("tanh", 1.0, 40)
+  assert th.residual_log_gradient("tanh", 1.0, 40, width=64) == pytest.approx(
+      wide, rel=3e-3)
+
+
+def _relu_coherent_rate(sw):
+  """ReLU residual stream's growth per layer (squared norm), from its
+  stationary mean ratio r = m / sqrt(q) solved by bisection:
+  (1 + g / (sqrt(2 pi) r))^2 = 1 + g^2 / 2 + 2 g r / sqrt(2 pi)."""
+  g, c = math.sqrt(sw), 1 / math.sqrt(2 * math.pi)
+  f = lambda r: (1 + g * c / r)**2 - (1 + sw / 2 + 2 * g * c * r)
+  lo, hi = 1e-3, 1e3   # f(lo) > 0 > f(hi)
+  for _ in range(200):
+    mid = math.sqrt(lo * hi)
+    lo, hi = (mid, hi) if f(mid) > 0 else (lo, mid)
+  return math.log(1 + sw / 2 + 2 * g * c * lo)
+
+
+@pytest.mark.parametrize("sw", [1.0, 6.25])
+def test_residual_relu_coherent_rate(sw):
+  # ReLU is homogeneous, so the stream itself is a tangent (J h = h'): at
+  # finite width the gradient ends up growing as the stream does, at the
+  # rate of the closed-form stationary ratio (0.388 / 0.860 nats per
+  # layer for the norm at g = 1 / 2.5); mean field's is 0.203 / 0.712.
+  total = th.residual_log_gradient("relu", sw, 300, width=64,
+                                   cumulative=True)
+  assert total[-1] - total[-2] == pytest.approx(_relu_coherent_rate(sw),
+                                                rel=1e-9)
+  assert 0.5 * _relu_coherent_rate(sw) == pytest.approx(
+      {1.0: 0.3878, 6.25: 0.8600}[sw], abs=1e-4)
+  infinite = th.residual_log_gradient("relu", sw, 300, cumulative=True)
+  assert infinite[-1] - infinite[-2] == pytest.approx(math.log(1 + sw / 2))
+  # The coherent mode starts at 1/width: a wider net takes longer.
+  early = [th.residual_log_gradient("relu", sw, 10, width=n) for n in
+           (16, 256, 4096)]
+  assert early[0] > early[1] > early[2] > infinite[9]
+
+
+# Finite networks -------------------------------------------------------------
+
+
+def _digamma(x):
+  """psi(x) by recurrence up to x >= 30 and the asymptotic series."""
+  acc = 0.0
+  while x < 30:
+    acc -= 1 / x
+    x += 1
+  x2 = 1 / (x * x)
+  return acc + math.log(x) - 0.5 / x - x2 * (1 / 12 - x2 * (1 / 120
+                                                             - x2 / 252))
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 64, 257])
+def test_quenched_rate_exact_for_relu_and_linear(n):
+  # One ReLU layer multiplies |v|^2 by (g^2 / n) chi^2_K, K ~ Bin(n, 1/2)
+  # (Hanin 2018), K = 0 excluded; orthogonal weights: (g^2) Beta(K/2,
+  # (n - K)/2). Linear: chi^2_n / n. Against psi summed independently.
+  k = np.arange(1, n + 1)
+  pk = np.array([math.comb(n, int(j)) for j in k], np.float64) / (2.0**n - 1)
+  psi = np.array([_digamma(j / 2) for j in k])
+  relu = float(np.sum(pk * (psi + math.log(2 / n))))
+  ortho = float(np.sum(pk * (psi - _digamma(n / 2))))
+  sw = 1.7
+  assert th.quenched_log_gradient_rate("relu", sw, 0.0, n) == pytest.approx(
+      math.log(sw) + relu, abs=1e-12)
+  assert th.quenched_log_gradient_rate(
+      "relu", sw, 0.3, n, init="orthogonal") == pytest.approx(
+          math.log(sw) + ortho, abs=1e-12)
+  assert th.quenched_log_gradient_rate("linear", 1.0, 0.0, n) == (
+      pytest.approx(_digamma(n / 2) + math.log(2 / n), abs=1e-12))
+  assert th.quenched_log_gradient_rate(
+      "linear", 1.0, 0.0, n, init="orthogonal") == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name, n, q, init", [
+    ("tanh", 8, 0.7, "gaussian"), ("tanh", 4, 30.0, "gaussian"),
+    ("sigmoid", 8, 4.0, "gaussian"), ("tanh", 8, 2.0, "orthogonal")])
+def test_quenched_rate_matches_monte_carlo(name, n, q, init):
+  # E log of (1/n) sum phi'(z_i)^2 xi_i^2 by sampling; xi uniform on the
+  # sphere of radius sqrt(n) for orthogonal weights. 4 standard errors.
+  rng = np.random.default_rng(0)
+  z = math.sqrt(q) * rng.standard_normal((400_000, n))
+  xi = rng.standard_normal((400_000, n))
+  if init == "orthogonal":
+    xi *= math.sqrt(n) / np.linalg.norm(xi, axis=1, keepdims=True)
+  d2 = gauss.derivatives(ex.activation(name), z, 1)**2
+  samples = np.log(np.mean(d2 * xi**2, axis=1))
+  got = th.quenched_log_gradient_rate(name, 1.0, 0.0, n, init=init, q=q)
+  se = samples.std() / math.sqrt(samples.size)
+  assert abs(got - samples.mean()) < 4 * se
+
+
+def test_quenched_rate_approaches_mean_field_as_one_over_width():
+  # Jensen: below log chi1, by Var X / (2 (E X)^2) / n to leading order.
+  sw, sb = 1.8, 0.1
+  q = th.q_star("tanh", sw, sb)
+  act = ex.activation("tanh")
+  d2, d4 = (float(gauss.moment(act, np.float64(q), k)) for k in
+            ("dphi2", "dphi4"))
+  gap = (3 * d4 - d2**2) / (2 * d2**2)
+  for n in (16, 256):
+    r = th.quenched_log_gradient_rate("tanh", sw, sb, n)
+    assert r < math.log(th.chi1("tanh", sw, sb))
+  n = 20_000
+  r = th.quenched_log_gradient_rate("tanh", sw, sb, n)
+  assert n * (math.log(th.chi1("tanh", sw, sb)) - r) == pytest.approx(
+      gap, rel=2e-3)
+
+
+def test_quenched_critical_scales():
+  # ReLU, width 64: 1.4429 Gaussian, 1.4316 orthogonal (mean field 1.4142).
+  g = math.sqrt(th.quenched_critical_sigma_w2("relu", 64))
+  go = math.sqrt(th.quenched_critical_sigma_w2("relu", 64, init="orthogonal"))
+  assert (round(g, 4), round(go, 4)) == (1.4429, 1.4316)
+  assert th.quenched_log_gradient_rate("relu", g * g, 0.0, 64) == (
+      pytest.approx(0, abs=1e-9))
+  # tanh with the depth: the least-squares slope over layers 25..96 of the
+  # cumulative prediction vanishes at the returned scale.
+  sw = th.quenched_critical_sigma_w2("tanh", 64, depth=96, init="orthogonal")
+  y = th.quenched_log_gradient("tanh", sw, 96, 64, init="orthogonal",
+                               cumulative=True)
+  assert np.polyfit(np.arange(25, 97), y[24:], 1)[0] == pytest.approx(
+      0, abs=1e-9)
+  assert sw > th.critical_sigma_w2("tanh", 0.0)
+  assert y[-1] == pytest.approx(th.quenched_log_gradient(
+      "tanh", sw, 96, 64, init="orthogonal"))
+
+
+def test_tied_ordered_rate_closed_form_and_fixed_point():
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((3, 12, 12)) / math.sqrt(12)
+  rho = np.max(np.abs(np.linalg.eigvals(w)), axis=-1)
+  gs = np.array([0.3, 0.6, 0.9])
+  np.testing.assert_allclose(th.spectral_radius(w), rho, rtol=1e-12)
+  np.testing.assert_allclose(th.tied_ordered_rate("tanh", gs, w),
+                             np.log(gs[None, :] * rho[:, None]), rtol=1e-12)
+  np.testing.assert_allclose(th.tied_critical_scale("linear", w), 1 / rho)
+  # Through the fixed-point branch (a zero bias takes it): the same.
+  np.testing.assert_allclose(
+      th.tied_ordered_rate("tanh", gs, w, bias=np.zeros(12)),
+      np.log(gs[None, :] * rho[:, None]), rtol=1e-9)
+  # Sigmoid with a bias: iterate the map to its fixed point (contracting
+  # here) and take log rho of the Jacobian there, independently.
+  b = 0.3 * rng.standard_normal(12)
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  for g in (2.0, 5.0):
+    h = np.full(12, 0.5)
+    for _ in range(3000):
+      h = sig(g * w[0] @ h + b)
+    z = g * w[0] @ h + b
+    jac = g * (sig(z) * (1 - sig(z)))[:, None] * w[0]
+    want = np.log(np.max(np.abs(np.linalg.eigvals(jac))))
+    assert want < 0
+    assert th.tied_ordered_rate("sigmoid", g, w[0], bias=b) == (
+        pytest.approx(want, abs=1e-10))
+
+
+def test_tied_critical_scale_is_where_the_fixed_point_turns_unstable():
+  rng = np.random.default_rng(1)
+  w = rng.standard_normal((2, 16, 16)) / 4.0
+  gc = th.tied_critical_scale("sigmoid", w)
+  assert np.all(gc > 4 / np.linalg.norm(w, ord=2, axis=(1, 2)))  # Pascanu
+  for wi, g in zip(w, gc):
+    rates = th.tied_ordered_rate("sigmoid", [0.999 * g, g, 1.001 * g], wi)
+    assert rates[0] < 0 < rates[2] and abs(rates[1]) < 1e-4
+
+
+def test_sweep_params_draws_per_seed():
+  m = ex.rnn.model(6, activation="sigmoid")
+  p = th.sweep_params(m, 3, key=5)
+  assert p.W0.shape == (3, 6, 6)
+  assert not np.allclose(p.W0[0], p.W0[1])
+  np.testing.assert_array_equal(th.sweep_params(m, 2, key=5).W0, p.W0[:2])
 
 
 # Batch norm -----------------------------------------------------------------
@@ -505,6 +680,18 @@ def test_overflow_step_matches_repeated_multiplication(dtype, w):
     (lambda: th.hanin_gradient_fluctuation([4, 0]), "widths"),
     (lambda: th.overflow_step(2.0, "int32"), "dtype"),
     (lambda: th.residual_log_gradient("relu", 1.0, 0), "depth"),
+    (lambda: th.residual_log_gradient("relu", 1.0, 3, width=0), "width"),
+    (lambda: th.residual_log_gradient("relu", 1.0, 3, q0=0.0), "q0"),
+    (lambda: th.quenched_log_gradient_rate("tanh", 1.0, 0.0, 0), "width"),
+    (lambda: th.quenched_log_gradient_rate("tanh", 1.0, 0.0, 4, init="id"),
+     "init"),
+    (lambda: th.quenched_critical_sigma_w2("tanh", 8, depth=2), "depth"),
+    (lambda: th.tied_ordered_rate("relu", 1.0, np.eye(2)), "relu"),
+    (lambda: th.tied_ordered_rate("tanh", 1.0, np.ones((2, 3))), "w0"),
+    (lambda: th.tied_ordered_rate("tanh", -1.0, np.eye(2)), "weight_scale"),
+    (lambda: th.tied_critical_scale("tanh", np.eye(2), bias=np.ones(3)),
+     "bias"),
+    (lambda: th.sweep_params(ex.rnn.model(4), 0), "seeds"),
     (lambda: th.chi1("swish", 1.0, 0.0), "activation"),
 ])
 def test_bad_input_names_the_argument(call, name):

@@ -14,8 +14,16 @@ norm, ``log ||J_t ... J_1 v||``, rises by half the log of it per layer.
   ``pascanu_vanishing_bound`` (``1 / sup|phi'|``, Pascanu et al. 2013),
   ``lstm_forget_gradient`` and ``lstm_memory_time`` (the cell path at zero
   recurrent weights).
-* Residual nets (Yang & Schoenholz 2017): ``residual_gradient_rate``,
-  ``residual_log_gradient``.
+* Finite networks: a recurrent net's one tied ``W0`` sets its ordered rate,
+  ``log rho(J*)`` at its fixed point (``log(g rho(W0))`` for tanh and
+  linear): ``tied_ordered_rate``, ``tied_critical_scale``,
+  ``spectral_radius``, ``sweep_params`` (the ``W0`` a sweep drew per
+  seed). A layer of finite width n grows one input's gradient by ``E log``
+  of its factor, O(1/n) below ``log chi_1``: ``quenched_log_gradient_rate``,
+  ``quenched_log_gradient``, ``quenched_critical_sigma_w2``.
+* Residual nets (Yang & Schoenholz 2017), with the cross term of
+  nonzero-mean activations (ReLU) that mean field drops:
+  ``residual_gradient_rate``, ``residual_log_gradient(..., width=n)``.
 * Batch norm (Yang et al. 2019): ``batchnorm_gradient_rate``,
   ``batchnorm_log_gradient_rate``; exact for linear and ReLU.
 * Spectra and fluctuations: ``jacobian_spectrum_moments`` (Pennington et al.
@@ -62,15 +70,22 @@ from exploding._theory_gradients import jacobian_spectrum_moments
 from exploding._theory_gradients import lstm_forget_gradient
 from exploding._theory_gradients import lstm_memory_time
 from exploding._theory_gradients import pascanu_vanishing_bound
-from exploding._theory_gradients import residual_gradient_rate
-from exploding._theory_gradients import residual_log_gradient
 from exploding._theory_gradients import rnn_lyapunov_max
+from exploding._theory_finite import quenched_critical_sigma_w2
+from exploding._theory_finite import quenched_log_gradient
+from exploding._theory_finite import quenched_log_gradient_rate
+from exploding._theory_finite import spectral_radius
+from exploding._theory_finite import sweep_params
+from exploding._theory_finite import tied_critical_scale
+from exploding._theory_finite import tied_ordered_rate
 from exploding._theory_meanfield import c_star
 from exploding._theory_meanfield import chi1
 from exploding._theory_meanfield import critical_sigma_w2
 from exploding._theory_meanfield import depth_scale_c
 from exploding._theory_meanfield import depth_scale_q
 from exploding._theory_meanfield import q_star
+from exploding._theory_residual import residual_gradient_rate
+from exploding._theory_residual import residual_log_gradient
 
 __all__ = [
     "DtypeLimits",
@@ -89,9 +104,16 @@ __all__ = [
     "overflow_step",
     "pascanu_vanishing_bound",
     "q_star",
+    "quenched_critical_sigma_w2",
+    "quenched_log_gradient",
+    "quenched_log_gradient_rate",
     "residual_gradient_rate",
     "residual_log_gradient",
     "rnn_lyapunov_max",
+    "spectral_radius",
+    "sweep_params",
+    "tied_critical_scale",
+    "tied_ordered_rate",
     "underflow_step",
 ]
 
