@@ -429,7 +429,8 @@ def plot(results: dict[str, np.ndarray]):
       for i, init in enumerate(INITS):
         if results["theory_variance"][a, i].max() == 0:
           ax.text(0.03, 0.05, f"{init}: theory 0 (isometry), measured "
-                  f"Var $\\leq$ {results['variance'][a, i].max():.0e}",
+                  f"Var $\\leq$ {results['variance'][a, i].max():.0e}\n"
+                  "(W is drawn orthogonal in float32)",
                   transform=ax.transAxes, fontsize=5.5,
                   color=plotting.PALETTE[i])
           continue
