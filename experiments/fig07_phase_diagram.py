@@ -205,7 +205,7 @@ def plot(results: dict[str, np.ndarray]):
     cb.set_label("log $\\chi_1$ = 2 x rate (nats / layer)")
 
     ax = axes[2]
-    crit, crit_mf = results["critical_sw2"], results["critical_sw2_theory"]
+    crit = results["critical_sw2"]
     low, high = results["critical_sw2_low"], results["critical_sw2_high"]
     ax.plot(line_b, fine_b, color="k", ls="--", lw=1.0,
             label="mean field (L $\\to\\infty$)")
@@ -219,7 +219,7 @@ def plot(results: dict[str, np.ndarray]):
           [crit[sel] - low[sel], high[sel] - crit[sel]]), ls="none",
           marker="o", ms=3.2, color=color, capsize=1.5, elinewidth=0.7,
           markerfacecolor="white" if tangential else color,
-          label=(f"$\\sigma_b^2$ = 0: tangential crossing" if tangential
+          label=("$\\sigma_b^2$ = 0: tangential crossing" if tangential
                  else f"measured, {LEVEL:.0%} CI ({int(results['seeds'])} "
                       "seeds)"))
     worst = _worst_gap(results)
