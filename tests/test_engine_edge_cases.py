@@ -105,3 +105,24 @@ def test_vanishing_tanh_state_reads_its_true_tiny_norm():
   np.testing.assert_allclose(np.asarray(g.log_state_norm)[ok], want[ok],
                              atol=1e-4)
   assert np.all(np.asarray(g.log_state_norm)[ok] > -89)
+
+
+def test_gram_schmidt_qr_matches_householder_and_stays_orthonormal(x64):
+  from exploding import _core
+  A = jax.random.normal(jax.random.key(0), (3, 40, 8), jnp.float64)
+  A = A.at[1, :, 5].set(A[1, :, 2] * 3.0)       # a column in the span
+  A = A.at[2, :, 0].set(0.0)                     # and a zero column
+  Q, d = _core._gram_schmidt(A)
+  _, R = jnp.linalg.qr(A)
+  want = np.abs(np.diagonal(np.asarray(R), axis1=-2, axis2=-1))
+  # Full rank: |diag R| is unique. Deficient: equal up to the dependent
+  # column, zero there (after it, both complete the basis their own way).
+  np.testing.assert_allclose(np.asarray(d[0]), want[0], atol=1e-12)
+  np.testing.assert_allclose(np.asarray(d[1, :6]), want[1, :6], atol=1e-12)
+  assert d[1, 5] < 1e-12 and d[2, 0] == 0
+  eye = np.broadcast_to(np.eye(8), (3, 8, 8))
+  np.testing.assert_allclose(np.swapaxes(Q, -1, -2) @ Q, eye, atol=1e-12)
+  # Where R's column is full rank, Q spans the same columns.
+  np.testing.assert_allclose(np.abs(np.einsum("dp,dp->p", Q[0],
+                             A[0] / np.linalg.norm(A[0], axis=0)))[0], 1,
+                             atol=1e-12)

@@ -303,11 +303,58 @@ def _qr_rows(JV):
   not ``log 0``: ``-inf`` only where ``J Q`` is exactly zero.
   """
   acc = acc_dtype(JV.dtype)
-  Q, R = jnp.linalg.qr(jnp.swapaxes(JV.astype(acc), -1, -2))
-  d = jnp.abs(jnp.diagonal(R, axis1=-2, axis2=-1))
-  floor = jnp.log(jnp.finfo(acc).eps) + log_norm(R, axis=(-2, -1))[..., None]
+  Q, d = _batched_qr(jnp.swapaxes(JV.astype(acc), -1, -2))
+  # ||R||_F = ||J Q||_F: R's columns are those of J Q in the basis Q.
+  floor = jnp.log(jnp.finfo(acc).eps) + log_norm(JV, axis=(-2, -1))[..., None]
   return jnp.swapaxes(Q, -1, -2), jnp.where(d == 0, floor, jnp.log(d))
 
+
+def _batched_qr(A):
+  """Thin QR ``(Q, |diag R|)`` of a batch of ``(d, p)`` matrices.
+
+  On XLA CPU with several host devices, by Gram-Schmidt with
+  re-orthogonalisation (CGS2: orthogonal to working precision, like
+  Householder) in plain XLA ops: jaxlib's CPU QR splits a batch over XLA's
+  intra-op thread pool and blocks a pool thread until the parts finish
+  (``ParallelBatchMap``); when every pool thread runs a device's program
+  blocked in that wait, nothing runs the parts, a deadlock (measured: 2 and
+  8 host devices on 2 cores, 26 matrices of 128 x 32 per device; one matrix
+  per call deadlocks too). Elsewhere, LAPACK's (or the backend's) QR.
+  """
+  if jax.default_backend() != "cpu" or jax.device_count() == 1:
+    Q, R = jnp.linalg.qr(A)
+    return Q, jnp.abs(jnp.diagonal(R, axis1=-2, axis2=-1))
+  return _gram_schmidt(A)
+
+
+def _gram_schmidt(A):
+  """CGS2 QR of ``(..., d, p)``; a column in the span of the previous ones
+  (``|diag R| = 0``) is replaced by a basis vector orthogonalised against
+  them, so ``Q`` stays orthonormal as Householder's does."""
+  d, p = A.shape[-2:]
+  cols = jnp.arange(p)
+
+  def orthogonalise(Q, a, j):
+    for _ in range(2):
+      r = jnp.where(cols < j, jnp.einsum("...dp,...d->...p", Q, a), 0)
+      a = a - jnp.einsum("...dp,...p->...d", Q, r)
+    return a
+
+  def column(j, carry):
+    Q, diag = carry
+    a = orthogonalise(Q, jnp.take(A, j, axis=-1), j)
+    n = jnp.sqrt(jnp.sum(jnp.square(a), -1, keepdims=True))
+    basis = orthogonalise(Q, jnp.broadcast_to(
+        (jnp.arange(d) == j % d).astype(A.dtype), a.shape), j)
+    nb = jnp.sqrt(jnp.sum(jnp.square(basis), -1, keepdims=True))
+    q = jnp.where(n > 0, a / jnp.where(n > 0, n, 1),
+                  basis / jnp.where(nb > 0, nb, 1))
+    Q = jax.lax.dynamic_update_index_in_dim(Q, q, j, axis=-1)
+    diag = jax.lax.dynamic_update_index_in_dim(diag, n[..., 0], j, axis=-1)
+    return Q, diag
+
+  init = (jnp.zeros_like(A), jnp.zeros(A.shape[:-2] + (p,), A.dtype))
+  return jax.lax.fori_loop(0, p, column, init)
 
 
 # --------------------------------------------------- transitions as data

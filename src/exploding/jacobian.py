@@ -415,7 +415,7 @@ def initial_frame(normals, dtype):
   """``(k, d)`` orthonormal rows from ``(k, d)`` float32 normals."""
   acc = _core.acc_dtype(dtype)
   q = _core.unit_probes(normals, acc)
-  return jnp.swapaxes(jnp.linalg.qr(jnp.swapaxes(q, -1, -2))[0], -1, -2)
+  return jnp.swapaxes(_core._batched_qr(jnp.swapaxes(q, -1, -2))[0], -1, -2)
 
 
 def order_spectrum(cum, length):

@@ -384,13 +384,10 @@ def _points_per_chunk(spec, chunk_size, n_dev):
 
 
 def _devices(spec):
-  """Every device, except: XLA on CPU with several host devices hangs on
-  programs that call LAPACK's QR inside the sharded scan (measured here:
-  Lyapunov sweeps, jax 0.10), so those run on one CPU device."""
-  devices = jax.devices()
-  if spec.method == "lyapunov" and jax.default_backend() == "cpu":
-    return devices[:1]
-  return devices
+  """Every device (Lyapunov sweeps too: see ``_core._batched_qr`` for the
+  XLA CPU deadlock this once needed one device for)."""
+  del spec
+  return jax.devices()
 
 
 def _compiler_options():
