@@ -344,11 +344,15 @@ def _gram_schmidt(A):
     Q, diag = carry
     a = orthogonalise(Q, jnp.take(A, j, axis=-1), j)
     n = jnp.sqrt(jnp.sum(jnp.square(a), -1, keepdims=True))
-    basis = orthogonalise(Q, jnp.broadcast_to(
-        (jnp.arange(d) == j % d).astype(A.dtype), a.shape), j)
-    nb = jnp.sqrt(jnp.sum(jnp.square(basis), -1, keepdims=True))
-    q = jnp.where(n > 0, a / jnp.where(n > 0, n, 1),
-                  basis / jnp.where(nb > 0, nb, 1))
+
+    def complete(a):       # rare: some column lies in the span (n == 0)
+      basis = orthogonalise(Q, jnp.broadcast_to(
+          (jnp.arange(d) == j % d).astype(A.dtype), a.shape), j)
+      nb = jnp.sqrt(jnp.sum(jnp.square(basis), -1, keepdims=True))
+      return jnp.where(n > 0, a, basis / jnp.where(nb > 0, nb, 1))
+
+    a = jax.lax.cond(jnp.all(n > 0), lambda a: a, complete, a)
+    q = a / jnp.where(n > 0, n, 1)
     Q = jax.lax.dynamic_update_index_in_dim(Q, q, j, axis=-1)
     diag = jax.lax.dynamic_update_index_in_dim(diag, n[..., 0], j, axis=-1)
     return Q, diag
