@@ -8,39 +8,26 @@ continuation) and the seed bootstrap of fig08/fig09. ``compute`` and
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 import exploding as ex
-
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      f"_test_{name}", os.path.join(EXPERIMENTS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from tests import _figures
 
 
 @pytest.fixture(scope="module")
 def fig07():
-  return _load("fig07_phase_diagram")
+  return _figures.load("fig07_phase_diagram")
 
 
 @pytest.fixture(scope="module")
 def fig08():
-  return _load("fig08_jacobian_spectra")
+  return _figures.load("fig08_jacobian_spectra")
 
 
 @pytest.fixture(scope="module")
 def fig09():
-  return _load("fig09_lyapunov_spectra")
+  return _figures.load("fig09_lyapunov_spectra")
 
 
 # fig07: finite-depth mean field

@@ -8,31 +8,13 @@ that also runs ``tests/test_experiments.py`` shares their compiled programs.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import exploding as ex
-
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-
-
-def _figure(name):
-  module_name = f"_exploding_experiments_{name}"
-  if module_name in sys.modules:
-    return sys.modules[module_name]
-  spec = importlib.util.spec_from_file_location(
-      module_name, os.path.join(EXPERIMENTS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[module_name] = module
-  spec.loader.exec_module(module)
-  return module
+from tests import _figures
 
 
 # ---------------------------------------------------------------- fig10
@@ -40,7 +22,7 @@ def _figure(name):
 
 @pytest.fixture(scope="module")
 def fig10():
-  module = _figure("fig10_cliff")
+  module = _figures.load("fig10_cliff")
   return module, module.compute(module.QUICK)
 
 
@@ -82,7 +64,7 @@ def test_fig10_starts_lie_in_the_band_and_descents_reproduce(fig10):
 
 
 def test_fig10_bootstrap_fraction_degenerate_and_known_cases():
-  module = _figure("fig10_cliff")
+  module = _figures.load("fig10_cliff")
   assert module._bootstrap_fraction(np.ones(7, bool)) == (1.0, 1.0, 1.0)
   assert module._bootstrap_fraction(np.zeros(7, bool)) == (0.0, 0.0, 0.0)
   value, low, high = module._bootstrap_fraction(np.arange(10) < 3)
@@ -94,7 +76,7 @@ def test_fig10_bootstrap_fraction_degenerate_and_known_cases():
 
 @pytest.fixture(scope="module")
 def fig11():
-  module = _figure("fig11_clipping_training")
+  module = _figures.load("fig11_clipping_training")
   return module, module.compute(module.QUICK)
 
 
@@ -139,7 +121,7 @@ def test_fig11_fresh_estimates_match_the_fresh_runs(fig11):
 
 
 def test_fig11_median_interval_counts_failed_runs_as_worst():
-  module = _figure("fig11_clipping_training")
+  module = _figures.load("fig11_clipping_training")
   value, low, high = module._median_interval(np.array([0.1, np.nan, np.nan]))
   assert value == np.inf and high == np.inf and low == 0.1
 
@@ -149,7 +131,7 @@ def test_fig11_median_interval_counts_failed_runs_as_worst():
 
 @pytest.fixture(scope="module")
 def fig12():
-  module = _figure("fig12_truncated_bptt")
+  module = _figures.load("fig12_truncated_bptt")
   return module, module.compute(module.QUICK)
 
 
@@ -191,7 +173,7 @@ def _native(module, activation, dtype, scales, *, init="gaussian", n=16,
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_fig13_native_norm_is_the_engines(dtype):
-  module = _figure("fig13_precision_failure")
+  module = _figures.load("fig13_precision_failure")
   scales = [0.4, 1.0, 2.5]
   p, h0, k_probe, out = _native(module, "tanh", dtype, scales)
   for i, g in enumerate(scales):
@@ -215,7 +197,7 @@ def test_fig13_linear_orthogonal_float16_fails_where_closed_form_says():
   in-format norm, summing squares, overflows once g^(2t) > 65504, at lag 8;
   at g = 1/2 the squares underflow from lag 13 on, while the entries stay
   non-zero at least while g^t / sqrt(n) >= 2^-24."""
-  module = _figure("fig13_precision_failure")
+  module = _figures.load("fig13_precision_failure")
   n = 16
   _, _, _, out = _native(module, "linear", "float16", [2.0, 0.5],
                          init="orthogonal", n=n, length=40)
@@ -237,7 +219,7 @@ def test_fig13_linear_orthogonal_float16_fails_where_closed_form_says():
 
 
 def test_fig13_first_lag_and_range_helpers():
-  module = _figure("fig13_precision_failure")
+  module = _figures.load("fig13_precision_failure")
   fails = np.zeros((5, 3), bool)      # (T, seeds)
   fails[2:, 0] = True
   fails[4, 1] = True

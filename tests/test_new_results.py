@@ -6,26 +6,11 @@ checks the figure contract; here its numbers are held to theory).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
 import exploding as ex
-
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
-
-
-def _figure(name: str):
-  path = os.path.join(EXPERIMENTS, f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_test_new_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+from tests import _figures
 
 
 # ------------------------------------------------ fig14: driven RNN maps
@@ -33,7 +18,7 @@ def _figure(name: str):
 
 @pytest.fixture(scope="module")
 def driven():
-  module = _figure("fig14_driven_maps")
+  module = _figures.load("fig14_driven_maps")
   return module, module.compute(module.QUICK)
 
 
@@ -72,7 +57,7 @@ def test_inputs_move_the_edge_of_chaos_as_driven_mean_field(driven):
 
 @pytest.fixture(scope="module")
 def batchnorm():
-  module = _figure("fig15_batchnorm_batch_size")
+  module = _figures.load("fig15_batchnorm_batch_size")
   return module.compute(module.QUICK)
 
 
@@ -101,7 +86,7 @@ def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
 
 @pytest.fixture(scope="module")
 def depth_scales():
-  module = _figure("fig16_depth_scales")
+  module = _figures.load("fig16_depth_scales")
   return module.compute(module.QUICK)
 
 
@@ -132,7 +117,7 @@ def test_depth_scales_follow_mean_field(depth_scales):
 
 @pytest.fixture(scope="module")
 def seed_claims():
-  module = _figure("fig17_seed_claims")
+  module = _figures.load("fig17_seed_claims")
   return module.compute(module.QUICK)
 
 
