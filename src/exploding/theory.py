@@ -71,21 +71,21 @@ from exploding._theory_gradients import lstm_forget_gradient
 from exploding._theory_gradients import lstm_memory_time
 from exploding._theory_gradients import pascanu_vanishing_bound
 from exploding._theory_gradients import rnn_lyapunov_max
-from exploding._theory_finite import quenched_critical_sigma_w2
-from exploding._theory_finite import quenched_log_gradient
-from exploding._theory_finite import quenched_log_gradient_rate
-from exploding._theory_finite import spectral_radius
-from exploding._theory_finite import sweep_params
-from exploding._theory_finite import tied_critical_scale
-from exploding._theory_finite import tied_ordered_rate
 from exploding._theory_meanfield import c_star
 from exploding._theory_meanfield import chi1
 from exploding._theory_meanfield import critical_sigma_w2
 from exploding._theory_meanfield import depth_scale_c
 from exploding._theory_meanfield import depth_scale_q
 from exploding._theory_meanfield import q_star
+from exploding._theory_quenched import quenched_critical_sigma_w2
+from exploding._theory_quenched import quenched_log_gradient
+from exploding._theory_quenched import quenched_log_gradient_rate
 from exploding._theory_residual import residual_gradient_rate
 from exploding._theory_residual import residual_log_gradient
+from exploding._theory_tied import spectral_radius
+from exploding._theory_tied import sweep_params
+from exploding._theory_tied import tied_critical_scale
+from exploding._theory_tied import tied_ordered_rate
 
 __all__ = [
     "DtypeLimits",

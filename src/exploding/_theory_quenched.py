@@ -1,23 +1,8 @@
-"""Finite networks: one tied recurrent matrix, and layers of finite width.
+"""Layers of finite width: the gradient of one input, quenched.
 
-Mean field is the infinite-width limit. Two finite-n effects decide where a
-measured net's gradients stop vanishing, and mean field has neither.
+Mean field is the infinite-width limit, ``log E`` of each layer's factor.
 
-**Tied weights.** A recurrent net applies one ``W0`` at every step. In the
-ordered phase its state settles on a fixed point ``h* = phi(g W0 h* + b)``,
-and from then on every step has the same Jacobian ``J* = g diag(phi'(z*))
-W0`` (``z* = g W0 h* + b``): a tangent grows by ``log rho(J*)`` per step,
-exactly, for this draw of ``W0`` (``rho``: spectral radius). With
-``phi(0) = 0`` and no bias (linear, tanh, erf, hard-tanh), ``h* = 0`` and
-the rate is ``log(g phi'(0) rho(W0))``; ``rho(W0)`` of an ``n x n``
-Gaussian matrix with variance ``1/n`` is ``1 + O(n^-1/2)`` and differs from
-seed to seed (the edge of the circular law), so the ordered phase ends at
-``1 / (phi'(0) rho(W0))`` per seed, not at the mean-field 1. For sigmoid
-``h*`` is not 0; it is followed from ``g = 0`` by Newton's method.
-Past the end the state may settle on a cycle instead of a fixed point,
-whose rate is negative too: the measured edge lies at or above it.
-
-**Quenched fluctuations.** A layer with fresh weights multiplies a tangent
+A layer with fresh weights multiplies a tangent
 ``v``'s squared norm by ``X = (g^2/n) sum_i phi'(z_i)^2 xi_i^2``, where
 ``xi = sqrt(n) W v / |v|`` is standard normal for Gaussian ``W`` and
 independent of the pre-activations ``z`` (exactly for ReLU, by the sign
@@ -47,8 +32,6 @@ References:
   vanishing gradients? NeurIPS 2018.
   Newman. The distribution of Lyapunov exponents: exact results for random
   matrices. Commun. Math. Phys. 1986 (E log |W v| of Gaussian products).
-  Tao, Vu. Random matrices: the circular law. Commun. Contemp. Math. 2008.
-  Sompolinsky, Crisanti, Sommers. Chaos in random neural networks. PRL 1988.
 """
 
 from __future__ import annotations
@@ -64,153 +47,6 @@ _STEP = 0.25  # trapezoid step in log t (error ~ exp(-pi^2 / step))
 _LOG_T = np.arange(-40.0, 60.0 + 1e-9, _STEP)
 _LOG_T_MAX = 1500.0
 _Q_CHUNK = 8  # pre-activation variances per vectorised block
-
-
-def sweep_params(model, seeds: int, key=0):
-  """The params ``ex.sweep(model, seeds=seeds, key=key)`` draws, per seed.
-
-  Seed ``s`` draws from the first of four keys split from
-  ``fold_in(key, s)``, as the sweep does, so ``spectral_radius`` and
-  ``tied_ordered_rate`` see the very ``W0`` a map was measured with.
-
-  Args:
-    model: an ``exploding.Model`` (e.g. ``ex.rnn.model(128,
-      activation="tanh")``, what ``ex.sweep("rnn", hidden=128, ...)``
-      builds).
-    seeds: number of seeds, >= 1.
-    key: the sweep's ``key``: an int seed or a PRNG key.
-
-  Returns:
-    The model's params with a leading ``seeds`` axis on every leaf.
-
-  Example:
-    >>> import exploding as ex
-    >>> p = ex.theory.sweep_params(ex.rnn.model(8), seeds=3)
-    >>> p.W0.shape
-    (3, 8, 8)
-  """
-  import jax
-  import jax.numpy as jnp
-
-  from exploding import jacobian
-  if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) \
-      or seeds < 1:
-    raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
-  base = jacobian.as_key(key)
-
-  def draw(s):
-    return model.init(jax.random.split(jax.random.fold_in(base, s), 4)[0])
-
-  return jax.jit(jax.vmap(draw))(jnp.arange(int(seeds)))
-
-
-def spectral_radius(w0) -> np.ndarray | float:
-  """Largest eigenvalue modulus of each square matrix.
-
-  Args:
-    w0: ``(..., n, n)`` float array.
-
-  Returns:
-    ``(...)`` float64 (a float for one matrix).
-  """
-  w = _square("w0", w0)
-  return mf._scalar(np.max(np.abs(np.linalg.eigvals(w)), axis=-1))
-
-
-def tied_ordered_rate(activation, weight_scale, w0, *, bias=None):
-  """Growth per step of an RNN's tangent at its fixed point, for one ``W0``.
-
-  ``log rho(J*)``, ``J* = g diag(phi'(z*)) W0`` at the fixed point ``h* =
-  phi(g W0 h* + b)`` followed from ``g = 0`` (natural log, per step; the
-  norm's rate, as ``GradientMap.rate`` measures). Exact while the fixed
-  point is stable (value < 0) and the state has reached it; a value >= 0
-  says the fixed point is unstable and the net has left the ordered phase.
-  ``log(g phi'(0) rho(W0))`` where ``phi(0) = 0`` and there is no bias.
-  NaN past a fold of the branch (Newton's method fails).
-
-  Args:
-    activation: a name or an ``Activation``; not ``"relu"`` (homogeneous:
-      its state has no fixed point but a direction).
-    weight_scale: g > 0; float or 1-D float array.
-    w0: ``(..., n, n)`` unit recurrent matrices (e.g. ``sweep_params(...)
-      .W0``).
-    bias: ``(..., n)`` the bias ``bias_scale * b0``; ``None`` for none.
-
-  Returns:
-    float64 of shape ``w0.shape[:-2] + np.shape(weight_scale)``.
-
-  References:
-    Sompolinsky et al. 1988 (the ordered phase of a random RNN); Tao, Vu
-    2008 (rho(W0) -> 1, the circular law).
-
-  Example:
-    >>> import numpy as np
-    >>> w0 = np.diag([0.5, -2.0])
-    >>> round(tied_ordered_rate("tanh", 0.25, w0), 6)  # log(0.25 * 2)
-    -0.693147
-  """
-  act = _recurrent(activation)
-  g = mf.as_float("weight_scale", weight_scale, positive=True)
-  if g.ndim > 1:
-    raise ValueError(f"weight_scale must be a float or 1-D, got shape "
-                     f"{g.shape}")
-  w, b = _square("w0", w0), _bias(bias, w0)
-  if b is None and _zero_fixed_point(act):
-    slope = float(gauss.derivatives(act, np.zeros(()), 1))
-    with np.errstate(divide="ignore"):
-      rho = np.log(np.max(np.abs(np.linalg.eigvals(w)), axis=-1))
-    return mf._scalar(rho[..., None] + np.log(slope * np.atleast_1d(g))
-                      if g.ndim else rho + np.log(slope * g))
-  batch = w.shape[:-2]
-  w = w.reshape((-1,) + w.shape[-2:])
-  b = np.zeros(w.shape[:-1]) if b is None else np.broadcast_to(
-      b, batch + w.shape[-1:]).reshape(w.shape[:-1])
-  gs = np.atleast_1d(g)
-  order = np.argsort(gs)
-  out = np.full((w.shape[0], gs.size), np.nan)
-  for i in range(w.shape[0]):
-    branch = _Branch(act, w[i], b[i])
-    for j in order:
-      if not branch.advance(gs[j]):
-        break
-      out[i, j] = branch.rate()
-  return mf._scalar(out.reshape(batch + g.shape))
-
-
-def tied_critical_scale(activation, w0, *, bias=None):
-  """The weight scale where ``tied_ordered_rate`` first reaches 0, per W0.
-
-  ``1 / (phi'(0) rho(W0))`` where ``phi(0) = 0`` and there is no bias;
-  otherwise the fixed point is followed up from ``g = 1 / (gamma
-  sigma_max(W0))`` (below which it is stable: Pascanu et al. 2013) in steps
-  of 10% and the crossing found by regula falsi to 1e-6 relative. NaN if
-  the branch folds or stays stable up to ``1e3`` times that start.
-
-  Args:
-    activation: as in ``tied_ordered_rate``.
-    w0: ``(..., n, n)`` unit recurrent matrices.
-    bias: ``(..., n)`` or ``None``.
-
-  Returns:
-    ``(...)`` float64 (a float for one matrix).
-
-  Example:
-    >>> import numpy as np
-    >>> round(tied_critical_scale("linear", np.diag([0.5, -2.0])), 6)
-    0.5
-  """
-  act = _recurrent(activation)
-  w, b = _square("w0", w0), _bias(bias, w0)
-  if b is None and _zero_fixed_point(act):
-    slope = float(gauss.derivatives(act, np.zeros(()), 1))
-    return mf._scalar(
-        1.0 / (slope * np.max(np.abs(np.linalg.eigvals(w)), axis=-1)))
-  batch = w.shape[:-2]
-  w = w.reshape((-1,) + w.shape[-2:])
-  b = np.zeros(w.shape[:-1]) if b is None else np.broadcast_to(
-      b, batch + w.shape[-1:]).reshape(w.shape[:-1])
-  out = np.array([_critical(act, wi, bi) for wi, bi in zip(w, b)])
-  return mf._scalar(out.reshape(batch))
 
 
 def quenched_log_gradient_rate(activation, sigma_w2, sigma_b2, width, *,
@@ -339,91 +175,23 @@ def quenched_critical_sigma_w2(activation, width, sigma_b2=0.0, *,
                                 init=kind, cumulative=True)[L // 4:]
       return float(np.polyfit(x, y, 1)[0])
 
-  lo = float(mf.critical_sigma_w2(act, sb))
-  if not np.isfinite(lo):
+  edge = float(mf.critical_sigma_w2(act, sb))
+  if not np.isfinite(edge):
     return math.nan
-  f_lo = rate(lo)
+  lo, f_lo = edge, rate(edge)
   if f_lo >= 0:
     return lo
   hi, f_hi = lo, f_lo
   while f_hi < 0:
     lo, f_lo = hi, f_hi
     hi *= 1.25
-    if hi > 1e4 * float(mf.critical_sigma_w2(act, sb)):
+    if hi > 1e4 * edge:
       return math.nan
     f_hi = rate(hi)
   return _regula_falsi(rate, lo, hi, f_lo, f_hi)
 
 
 # Private helpers --------------------------------------------------------------
-
-
-class _Branch:
-  """The fixed point of ``h -> phi(g W h + b)``, followed in g by Newton."""
-
-  def __init__(self, act, w, b):
-    self.act, self.w, self.b = act, w, b
-    self.g = 0.0
-    self.h = gauss.derivatives(act, b, 0)
-    # Below this the map is a contraction (Pascanu et al. 2013): one fixed
-    # point, which Newton reaches from phi(b) in one jump.
-    self.contracting = 0.5 / (act.gamma * np.linalg.norm(w, ord=2))
-
-  def advance(self, g: float) -> bool:
-    """Moves to scale ``g`` (>= the current one); False if Newton fails."""
-    while self.g < g:
-      step = (min(g, self.contracting) if self.g == 0
-              else min(g, self.g * 1.05))
-      h = self._newton(step, self.h)
-      if h is None:
-        return False
-      self.g, self.h = step, h
-    return True
-
-  def rate(self, g=None, h=None) -> float:
-    g, h = (self.g, self.h) if g is None else (g, h)
-    d = gauss.derivatives(self.act, g * (self.w @ h) + self.b, 1)
-    jac = g * d[:, None] * self.w
-    with np.errstate(divide="ignore"):
-      return float(np.log(np.max(np.abs(np.linalg.eigvals(jac)))))
-
-  def _newton(self, g, h):
-    eye = np.eye(h.size)
-    for _ in range(60):
-      z = g * (self.w @ h) + self.b
-      f = gauss.derivatives(self.act, z, 0) - h
-      if np.max(np.abs(f)) <= 1e-12 * max(1.0, np.max(np.abs(h))):
-        return h
-      d = gauss.derivatives(self.act, z, 1)
-      try:
-        h = h - np.linalg.solve(g * d[:, None] * self.w - eye, f)
-      except np.linalg.LinAlgError:
-        return None
-      if not np.all(np.isfinite(h)):
-        return None
-    return None
-
-
-def _critical(act, w, b) -> float:
-  """First g where the branch's rate reaches 0 (see tied_critical_scale)."""
-  branch = _Branch(act, w, b)
-  start = 1.0 / (act.gamma * np.linalg.norm(w, ord=2))
-  if not branch.advance(start):
-    return math.nan
-  r_hi = branch.rate()
-  while r_hi < 0:
-    g_lo, h_lo, r_lo = branch.g, branch.h, r_hi
-    if g_lo > 1e3 * start or not branch.advance(g_lo * 1.1):
-      return math.nan
-    r_hi = branch.rate()
-  if branch.g == start:
-    return start
-
-  def rate(g):
-    h = branch._newton(g, h_lo)
-    return math.nan if h is None else branch.rate(g, h)
-
-  return _regula_falsi(rate, g_lo, branch.g, r_lo, r_hi, tol=1e-6)
 
 
 def _expected_log(act, q, n: int, init: str) -> np.ndarray:
@@ -502,38 +270,6 @@ def _regula_falsi(fn, lo, hi, f_lo, f_hi, tol=1e-10):
     if abs(hi - lo) <= tol * hi:
       break
   return (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
-
-
-def _recurrent(activation):
-  act = mf.resolve(activation)
-  if act.name == "relu":
-    raise ValueError("activation 'relu' has no ordered fixed point with a "
-                     "derivative (the state keeps a direction, not a "
-                     "value); use tanh, linear, sigmoid, erf or hard_tanh")
-  return act
-
-
-def _zero_fixed_point(act) -> bool:
-  return float(gauss.derivatives(act, np.zeros(()), 0)) == 0.0
-
-
-def _square(name, w0):
-  w = np.asarray(w0, np.float64)
-  if w.ndim < 2 or w.shape[-1] != w.shape[-2] or not np.all(np.isfinite(w)):
-    raise ValueError(f"{name} must be finite square matrices (..., n, n), "
-                     f"got shape {w.shape}")
-  return w
-
-
-def _bias(bias, w0):
-  if bias is None:
-    return None
-  b = np.asarray(bias, np.float64)
-  n = np.shape(w0)[-1]
-  if b.ndim < 1 or b.shape[-1] != n or not np.all(np.isfinite(b)):
-    raise ValueError(f"bias must be finite with last axis {n}, got shape "
-                     f"{b.shape}")
-  return b
 
 
 def _width(width) -> int:
