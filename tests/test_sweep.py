@@ -196,8 +196,12 @@ def test_sharded_equals_unsharded_and_compiles_once():
   c, cc = compiles(**kw)                     # same config: cached program
   # New grid values and new draws (another key) are data: no recompile.
   d, cd = compiles(**dict(kw, weight_scales=np.linspace(0.6, 2.1, 11), key=7))
+  # A new length is data too: the sweep runs blocks of steps from a carry.
+  e, ce = compiles(**dict(kw, length=333))
   print(json.dumps(dict(devices=jax.device_count(), lg=a.log_growth.tolist(),
-                        lg2=b.log_growth.tolist(), compiles=[ca, cb, cc, cd],
+                        lg2=b.log_growth.tolist(), compiles=[ca, cb, cc, cd, ce],
+                        prefix=bool(np.array_equal(e.log_growth[:, :50],
+                                                   a.log_growth)),
                         differs=bool(np.any(d.log_growth != a.log_growth)))))
   """
   out8 = _multidevice.run(code, devices=8)
@@ -207,7 +211,10 @@ def test_sharded_equals_unsharded_and_compiles_once():
   # so agreement is to float32 rounding, not bits.
   np.testing.assert_allclose(out8["lg"], out1["lg"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out8["lg"], out8["lg2"], rtol=1e-5, atol=1e-5)
-  assert out8["compiles"] == [1, 1, 0, 0] and out1["compiles"] == [1, 1, 0, 0]
+  # One init and one block program per configuration; none per length.
+  assert out8["compiles"] == [2, 2, 0, 0, 0]
+  assert out1["compiles"] == [2, 2, 0, 0, 0]
+  assert out8["prefix"] and out1["prefix"]
   assert out8["differs"] and out1["differs"]
 
 

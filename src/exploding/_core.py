@@ -204,7 +204,8 @@ def unit_probes(normals: jax.Array, dtype) -> jax.Array:
 
 def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
               tangent: str = "norm", reverse: bool = False,
-              keep_states: bool = False, unroll: int = 1) -> dict:
+              keep_states: bool = False, unroll: int = 1, carry=None,
+              finalize: bool = True):
   """Runs the core for ``length`` steps.
 
   Args:
@@ -220,18 +221,21 @@ def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
       tangents re-orthonormalised; logs of ``|diag R|``).
     reverse: scan ``xs`` from the end.
     keep_states: also return the state entering each step (``(T, n, d)``).
+    carry: where an earlier ``propagate(..., finalize=False)`` stopped
+      (``H``, ``V`` are then ignored): a long scan run in blocks.
+    finalize: flag the overflow step and mask after it; ``False`` returns
+      ``(raw per-step outputs, carry)`` for the next block instead.
 
   Returns:
     dict with ``log_growth`` ``(T, n, p)`` running Kahan sums (if ``V``),
     ``log_state_norm`` ``(T, n)`` and ``overflow_step`` ``(n,)`` (if ``H``),
     ``states`` (if ``keep_states``).
   """
-  dtype = (H if H is not None else V).dtype
-  acc = acc_dtype(dtype)
-  n = (H if H is not None else V).shape[0]
   if tangent not in ("norm", "qr"):
     raise ValueError(f"tangent must be 'norm' or 'qr', got {tangent!r}")
-
+  if carry is None:
+    carry = initial_carry(H, V, tangent)
+  H, V = carry[:2]
   normed = [A is not None for A in (H, V if tangent == "norm" else None)]
 
   def body(carry, x):
@@ -255,17 +259,27 @@ def propagate(advance: Advance, H, V, xs, *, length: int, homogeneous,
       out["log_growth"] = total
     return (H, V, scale, total, comp, ks), out
 
-  zeros = jnp.zeros((n,) + (() if V is None else (V.shape[1],)), acc)
-  scale = (jnp.zeros(n, acc), jnp.zeros(n, acc))
-  ks = [jnp.zeros(A.shape[:-1], jnp.int32)
-        for A, on in zip((H, V), normed) if on]
-  _, out = jax.lax.scan(body, (H, V, scale, zeros, zeros, ks), xs,
-                        length=length, reverse=reverse, unroll=unroll)
+  carry, out = jax.lax.scan(body, carry, xs, length=length, reverse=reverse,
+                            unroll=unroll)
+  if not finalize:
+    return out, carry
   if H is not None:
     out["overflow_step"] = overflow_index(out["log_state_norm"])
     if V is not None:
       out["log_growth"] = mask_after(out["log_growth"], out["overflow_step"])
   return out
+
+
+def initial_carry(H, V, tangent: str = "norm"):
+  """The scan's carry before step 1 (see ``propagate``): states, tangents,
+  the homogeneous scale and the growth as Kahan pairs, row-norm exponents."""
+  acc = acc_dtype((H if H is not None else V).dtype)
+  n = (H if H is not None else V).shape[0]
+  zeros = jnp.zeros((n,) + (() if V is None else (V.shape[1],)), acc)
+  scale = (jnp.zeros(n, acc), jnp.zeros(n, acc))
+  ks = [jnp.zeros(A.shape[:-1], jnp.int32)
+        for A in (H, V if tangent == "norm" else None) if A is not None]
+  return (H, V, scale, zeros, zeros, ks)
 
 
 def _unit_as(unit, ln, dtype):
