@@ -289,6 +289,9 @@ def main(argv=None):
     with _timing.CompileLog() as again:   # new scale values, same config
       ex.sweep("rnn", **dict(kw, weight_scales=kw["weight_scales"] * 1.01))
     r["recompiles_new_scales"] = again.count()
+    with _timing.CompileLog() as again:   # a new length, same config
+      ex.sweep("rnn", **dict(kw, length=kw["length"] + 37))
+    r["recompiles_new_length"] = again.count()
     r["gflops"] = workload_flops(H, n_points, W["T"]) / r["median_s"] / 1e9
     R["sweep"][H] = r
     log(f"sweep H={H}: {r['median_s']:.3f}s, compile {r['compile_s']:.2f}s "

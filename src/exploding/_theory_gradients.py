@@ -1,4 +1,5 @@
-"""Gradient growth rates: recurrent, gated, residual, normalised, spectra.
+"""Gradient growth rates: recurrent, gated, normalised, spectra (residual
+nets: ``_theory_residual``).
 
 Each function predicts how a gradient's squared norm grows per layer or step
 for one architecture at initialisation, from mean-field theory (infinite
@@ -118,82 +119,6 @@ def lstm_memory_time(forget_bias):
   """
   b = _finite("forget_bias", forget_bias)
   return mf._scalar(1.0 / np.logaddexp(0.0, -b))
-
-
-def residual_gradient_rate(activation, sigma_w2, sigma_b2=0.0, q=1.0):
-  """Per-layer growth of the squared gradient in ``h + phi(W h + b)``.
-
-  The layer Jacobian is ``I + diag(phi'(z)) W``; the cross term has mean
-  zero, so ``E||J^T u||^2 / ||u||^2 = 1 + sigma_w2 E[phi'(z)^2]`` with
-  ``z ~ N(0, sigma_w2 q + sigma_b2)``. The rate is >= 1: the skip path
-  never lets gradients vanish. q, the per-unit variance of h entering the
-  layer, grows with depth (``q' = q + E[phi(z)^2]``); this is the rate at
-  the given q (see ``residual_log_gradient`` for the whole stack).
-
-  Args:
-    activation: a name or an ``Activation``.
-    sigma_w2: weight variance > 0; float or float array.
-    sigma_b2: bias variance >= 0; broadcasts.
-    q: variance of the residual stream h entering the layer, >= 0.
-
-  Returns:
-    The squared-norm growth factor, float or float64 array.
-
-  References:
-    Yang, Schoenholz. Mean field residual networks: on the edge of chaos.
-    NeurIPS 2017, Section 3 (the reduced residual network, gradient
-    dynamics Thm 3).
-  """
-  act = mf.resolve(activation)
-  sw, sb, qq = np.broadcast_arrays(
-      mf.as_float("sigma_w2", sigma_w2, positive=True),
-      mf.as_float("sigma_b2", sigma_b2), mf.as_float("q", q))
-  return mf._scalar(1.0 + sw * gauss.moment(act, sw * qq + sb, "dphi2"))
-
-
-def residual_log_gradient(activation, sigma_w2, depth, sigma_b2=0.0, q0=1.0):
-  """Total log growth of the squared gradient through ``depth`` residual layers.
-
-  Sums ``log(1 + sigma_w2 E[phi'(z_l)^2])`` while iterating the variance
-  ``q_(l+1) = q_l + E[phi(z_l)^2]``, ``z_l ~ N(0, sigma_w2 q_l + sigma_b2)``.
-  Since ``E[phi'^2] <= gamma^2``, scaling ``sigma_w2 = c / depth`` bounds the
-  total by ``c gamma^2`` at every depth. At fixed ``sigma_w2`` it grows
-  linearly for ReLU (``E[phi'^2] = 1/2`` at every q) but only as
-  ``sqrt(depth)`` for tanh: q grows linearly and ``E[tanh'(sqrt(v) z)^2] ~
-  4 / (3 sqrt(2 pi v))``, so the per-layer rate decays as ``depth^-1/2``
-  (subexponential growth of the gradient, as Yang & Schoenholz find for
-  tanh residual nets; sigma_w2 = 1: 2.64 nats at 10 layers, 10.5 at 100,
-  34.3 at 1000).
-
-  Args:
-    activation: a name or an ``Activation``.
-    sigma_w2: weight variance > 0; float or float array.
-    depth: number of residual layers, int >= 1.
-    sigma_b2: bias variance >= 0.
-    q0: per-unit variance of the network input, >= 0.
-
-  Returns:
-    Natural log of the squared-norm growth, float or float64 array.
-
-  References:
-    Yang, Schoenholz 2017, Thms 2-3; Hanin, Rolnick. How to start training:
-    the effect of initialization and architecture. NeurIPS 2018 (scaling
-    residual branches by 1/depth).
-  """
-  act = mf.resolve(activation)
-  if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
-    raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-  if depth < 1:
-    raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-  sw, sb, q = np.broadcast_arrays(
-      mf.as_float("sigma_w2", sigma_w2, positive=True),
-      mf.as_float("sigma_b2", sigma_b2), mf.as_float("q0", q0))
-  total = np.zeros(sw.shape)
-  for _ in range(int(depth)):
-    z_var = sw * q + sb
-    total = total + np.log1p(sw * gauss.moment(act, z_var, "dphi2"))
-    q = q + gauss.moment(act, z_var, "phi2")
-  return mf._scalar(total)
 
 
 def jacobian_spectrum_moments(activation, depth, init="gaussian",
