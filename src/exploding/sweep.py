@@ -9,7 +9,11 @@ point shares them: a point is the seed's params with its knob values set.
 Knobs multiply after the matmul (``g * (W0 @ h)``), so ``vmap`` over the
 points turns their matvecs into one GEMM per step, and the engine's single
 ``lax.scan`` yields every prefix length 1..T at once: one compilation per
-configuration, none per grid value or params value.
+configuration, none per grid value or params value. Forward sweeps (jvp,
+Lyapunov) of models whose params and inputs do not depend on the length run
+the scan in blocks of ``_BLOCK`` steps from a carried state: an init and a
+block program serve every length (an MLP's depth, vjp sweeps and Gaussian
+inputs still compile per length).
 
 The points are split into chunks (bounded memory, one file each in the
 cache, a unit of resumption) and each chunk is sharded over every visible
