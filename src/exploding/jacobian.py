@@ -127,7 +127,8 @@ def jvp_growth(step: Step, params: Any, state0: Any, xs: Any = None, *,
   Example:
     >>> import jax, jax.numpy as jnp, exploding as ex
     >>> step = lambda p, h, x: p * h
-    >>> g = ex.jvp_growth(step, 2.0, jnp.ones(4), length=1000, key=0)
+    >>> g = ex.jvp_growth(step, 2.0, jnp.ones(4), length=1000, key=0,
+    ...                   homogeneous=True)   # linear: renormalise the state
     >>> round(float(g.log_growth[-1] / jnp.log(2.0)))
     1000
   """

@@ -16,7 +16,11 @@ Example:
   >>> from exploding import plotting
   >>> fig, ax = plotting.new_figure()
   >>> _ = ax.semilogy([1, 2, 3], [1e-3, 1.0, 1e3])
-  >>> paths = plotting.save_figure(fig, "/tmp/example")  # .png and .pdf
+  >>> import os, tempfile
+  >>> with tempfile.TemporaryDirectory() as folder:
+  ...   paths = plotting.save_figure(fig, os.path.join(folder, "example"))
+  ...   print(sorted(os.path.basename(p) for p in paths))  # .png and .pdf
+  ['example.pdf', 'example.png']
 """
 
 from __future__ import annotations
