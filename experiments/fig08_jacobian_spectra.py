@@ -357,15 +357,10 @@ def _moment_transform(activation, q, bins):
   return binned
 
 
-def _bootstrap_mean(values, resamples=2000, seed=0):
-  """Seed mean over the last axis and its 90% percentile bootstrap
-  interval, as ``ex.GradientMap.rate(interval=0.9)`` computes it."""
-  n = values.shape[-1]
-  index = np.random.default_rng(seed).integers(0, n, (resamples, n))
-  boot = values[..., index].mean(-1)
-  low, high = np.percentile(boot, [50 * (1 - LEVEL), 50 * (1 + LEVEL)],
-                            axis=-1)
-  return values.mean(-1), low, high
+def _bootstrap_mean(values):
+  """Seed mean over the last axis and its percentile bootstrap interval
+  (``ex.seed_mean``)."""
+  return tuple(ex.seed_mean(values, interval=LEVEL)[:3])
 
 
 def plot(results: dict[str, np.ndarray]):

@@ -22,7 +22,7 @@ from exploding.jacobian import jacobian_singular_values
 from exploding.jacobian import jvp_growth
 from exploding.jacobian import lyapunov_spectrum
 from exploding.jacobian import vjp_growth
-from exploding.maps import Estimate, GradientMap
+from exploding.maps import Estimate, GradientMap, seed_mean
 from exploding.sweep import sweep
 from exploding.monitor import MonitorHistory, MonitorState, SkipState
 from exploding.monitor import monitor, monitor_history, plot_monitor
@@ -35,7 +35,7 @@ __all__ = [
     "Model", "RemedyComparison", "activation", "cliff", "clipping", "compare_remedies",
     "initializers", "jacobian_singular_values",
     "jvp_growth", "lstm", "lyapunov_spectrum", "mlp", "models", "plotting",
-    "rnn", "sweep", "tasks", "theory", "train", "vjp_growth",
+    "rnn", "seed_mean", "sweep", "tasks", "theory", "train", "vjp_growth",
     "MonitorHistory", "MonitorState", "SkipState", "monitor", "monitor_history",
     "plot_monitor", "skip_if_log_norm_jumps",
 ]
