@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from exploding import _validation, initializers
 from exploding.activations import ACTIVATIONS, activation as _activation
-from exploding.models.model import Model
+from exploding.models.model import Model, bias_free, normal_state
 
 __all__ = ["MLPParams", "init", "step", "layers", "apply", "batchnorm",
            "model", "BATCHNORM_EPSILON"]
@@ -185,20 +185,13 @@ def model(width: int, depth: int, *, batch: int = 16,
                              batchnorm=batchnorm, residual=residual,
                              dtype=dtype),
       step=step,
-      state0=functools.partial(_state0, shape=(batch, width), dtype=dtype),
-      homogeneous=_bias_free if homogeneous else False,
+      state0=functools.partial(normal_state, shape=(batch, width),
+                               dtype=dtype),
+      homogeneous=bias_free if homogeneous else False,
       inputs=_layer_inputs, name="mlp", settings=settings)
 
 
 _init = init   # ``model``'s argument ``init`` shadows the function
-
-
-def _state0(key, shape, dtype):
-  return jax.random.normal(key, shape, jnp.float32).astype(dtype)
-
-
-def _bias_free(p) -> jax.Array:
-  return p.bias_scale == 0
 
 
 def _layer_inputs(p, key, length):

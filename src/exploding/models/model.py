@@ -20,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
+
 __all__ = ["Model"]
 
 
@@ -73,3 +76,16 @@ class Model:
     if not (isinstance(self.homogeneous, bool) or callable(self.homogeneous)):
       raise TypeError("Model.homogeneous must be a bool or a function "
                       f"params -> bool, got {self.homogeneous!r}")
+
+
+def normal_state(key, shape, dtype):
+  """The built-in models' ``state0``: N(0, 1) drawn in float32, then cast
+  (every dtype starts from the same numbers)."""
+  return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
+def bias_free(p) -> jax.Array:
+  """The built-in ReLU/linear models' ``homogeneous``: without bias the
+  transition is positively homogeneous (decided per grid point from the
+  traced ``bias_scale`` leaf)."""
+  return p.bias_scale == 0

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from exploding import _validation, initializers
 from exploding.activations import ACTIVATIONS, activation as _activation
-from exploding.models.model import Model
+from exploding.models.model import Model, bias_free, normal_state
 
 __all__ = ["RNNParams", "init", "step", "apply", "model", "preactivation"]
 
@@ -196,22 +196,14 @@ def model(hidden: int, *, activation: str = "tanh", init: str = "gaussian",
                              activation=activation, init=init,
                              input_size=input_size, dtype=dtype),
       step=step,
-      state0=functools.partial(_state0, shape=(hidden,), dtype=dtype),
-      homogeneous=(_bias_free if activation in ("relu", "linear")
+      state0=functools.partial(normal_state, shape=(hidden,), dtype=dtype),
+      homogeneous=(bias_free if activation in ("relu", "linear")
                    else False),
       input_shape=(input_size,) if input_size else None,
       advance=_advance, name="rnn", settings=settings)
 
 
 _init = init   # ``model``'s argument ``init`` shadows the function
-
-
-def _state0(key, shape, dtype):
-  return jax.random.normal(key, shape, jnp.float32).astype(dtype)
-
-
-def _bias_free(p) -> jax.Array:
-  return p.bias_scale == 0
 
 
 def _advance(p: RNNParams, knobs, H, V, x):
