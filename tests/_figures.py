@@ -19,3 +19,9 @@ def load(name: str):
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
   return sys.modules[module_name]
+
+
+def quick(name: str):
+  """``(module, module.compute(module.QUICK))`` for a figure script."""
+  module = load(name)
+  return module, module.compute(module.QUICK)

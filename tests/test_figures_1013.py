@@ -22,8 +22,7 @@ from tests import _figures
 
 @pytest.fixture(scope="module")
 def fig10():
-  module = _figures.load("fig10_cliff")
-  return module, module.compute(module.QUICK)
+  return _figures.quick("fig10_cliff")
 
 
 def test_fig10_clipped_updates_are_bounded_so_never_thrown(fig10):
@@ -76,8 +75,7 @@ def test_fig10_bootstrap_fraction_degenerate_and_known_cases():
 
 @pytest.fixture(scope="module")
 def fig11():
-  module = _figures.load("fig11_clipping_training")
-  return module, module.compute(module.QUICK)
+  return _figures.quick("fig11_clipping_training")
 
 
 def test_fig11_best_cell_is_the_lowest_median_of_its_method(fig11):
@@ -131,8 +129,7 @@ def test_fig11_median_interval_counts_failed_runs_as_worst():
 
 @pytest.fixture(scope="module")
 def fig12():
-  module = _figures.load("fig12_truncated_bptt")
-  return module, module.compute(module.QUICK)
+  return _figures.quick("fig12_truncated_bptt")
 
 
 def test_fig12_window_k_gives_exactly_zero_from_lag_k_on(fig12):

@@ -18,8 +18,7 @@ from tests import _figures
 
 @pytest.fixture(scope="module")
 def driven():
-  module = _figures.load("fig14_driven_maps")
-  return module, module.compute(module.QUICK)
+  return _figures.quick("fig14_driven_maps")
 
 
 def test_driven_prediction_is_the_zero_of_the_driven_exponent(driven):
@@ -57,8 +56,7 @@ def test_inputs_move_the_edge_of_chaos_as_driven_mean_field(driven):
 
 @pytest.fixture(scope="module")
 def batchnorm():
-  module = _figures.load("fig15_batchnorm_batch_size")
-  return module.compute(module.QUICK)
+  return _figures.quick("fig15_batchnorm_batch_size")[1]
 
 
 def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
@@ -86,8 +84,7 @@ def test_batchnorm_rate_follows_the_finite_batch_formula(batchnorm):
 
 @pytest.fixture(scope="module")
 def depth_scales():
-  module = _figures.load("fig16_depth_scales")
-  return module.compute(module.QUICK)
+  return _figures.quick("fig16_depth_scales")[1]
 
 
 def test_depth_scales_follow_mean_field(depth_scales):
@@ -117,8 +114,7 @@ def test_depth_scales_follow_mean_field(depth_scales):
 
 @pytest.fixture(scope="module")
 def seed_claims():
-  module = _figures.load("fig17_seed_claims")
-  return module.compute(module.QUICK)
+  return _figures.quick("fig17_seed_claims")[1]
 
 
 def test_stacking_keeps_the_rate_and_the_edge_of_chaos(seed_claims):
