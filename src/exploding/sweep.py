@@ -516,9 +516,10 @@ def _pad_steps(a):
 
 
 def _finish(spec, raw):
-  """What ``_core.propagate`` and the whole program do after the scan, on
-  the host: the overflow step, NaN after it, the Lyapunov order. ``raw``:
-  ``(T, seeds, n, ...)``; returns ``(seeds, n, ...)`` arrays."""
+  """What ``_core.propagate`` (``overflow_index``, ``mask_after``) and
+  ``jacobian.order_spectrum`` do after the scan, in numpy on the host: the
+  same arithmetic eagerly in jnp would compile its small ops again for every
+  length. ``raw``: ``(T, seeds, n, ...)``; returns ``(seeds, n, ...)``."""
   lsn, lg = raw["log_state_norm"], raw["log_growth"]
   bad = ~(lsn < np.inf)
   overflow = np.where(bad.any(0), bad.argmax(0), -1).astype(np.int32)
